@@ -1,0 +1,1 @@
+"""Test-time-scaling methods: merging branches (voting) and, later, search."""
