@@ -201,3 +201,46 @@ def write_jsonl(records: list[dict], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(to_jsonl(records), encoding="utf-8")
     return path
+
+
+def slip(value: int, rng: random.Random) -> int:
+    """A plausible arithmetic slip of ``value``: one digit off by one (a carry error) or
+    replaced by another digit. Always returns a different non-negative integer."""
+    digits = list(str(value))
+    while True:
+        position = rng.randrange(len(digits))
+        old = int(digits[position])
+        if rng.random() < 0.6:
+            new = (old + rng.choice((-1, 1))) % 10
+        else:
+            new = rng.choice([d for d in range(10) if d != old])
+        if position == 0 and new == 0 and len(digits) > 1:
+            continue
+        candidate = digits.copy()
+        candidate[position] = str(new)
+        return int("".join(candidate))
+
+
+def noisy_solution(solution: str, rng: random.Random, slip_prob: float) -> str:
+    """Re-derive a reference ``solution`` with each step's result slipping with ``slip_prob``.
+
+    Later steps continue from the slipped value (an inexact division then rounds down), so
+    the final answer is wrong whenever a slip happened, as with a real model's mistakes.
+    With ``slip_prob=0`` the reference comes back unchanged.
+    """
+    from tts_ray.testbed.steps import parse_step, split_steps
+
+    lines = []
+    value: int | None = None
+    for line in split_steps(solution)[:-1]:
+        step = parse_step(line)
+        if step is None:
+            raise ValueError(f"not an ARITH step: {line!r}")
+        left = step.left if value is None else value
+        result = left // step.right if step.op == "/" else apply_op(left, step.op, step.right)
+        if rng.random() < slip_prob:
+            result = slip(result, rng)
+        lines.append(f"{left} {step.op} {step.right} = {result}")
+        value = result
+    lines.append(f"\\boxed{{{value}}}")
+    return "\n".join(lines)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from tts_ray.constants import ARITH_VALID_SEED, BAD_TOKEN, EOS_TOKEN, GOOD_TOKEN, PAD_TOKEN, STEP_TAG_TOKEN
 from tts_ray.methods.voting import majority_vote
-from tts_ray.testbed.arith import ARITH_LEVELS, generate_problem, iter_train_problems
+from tts_ray.testbed.arith import ARITH_LEVELS, generate_problem, iter_train_problems, noisy_solution
 from tts_ray.testbed.models import SHAPES, ModelShape, llama_config, model_dir, write_model_files
 from tts_ray.testbed.prm_format import prm_text
 from tts_ray.testbed.steps import label_steps, split_steps
@@ -44,9 +44,9 @@ class TrainConfig:
 
     seed: int = 0
     batch_size: int = 128
-    target_steps: int = 6000
+    target_steps: int = 3600
     target_lr: float = 1e-3
-    eval_every: int = 500
+    eval_every: int = 600
     draft_steps: int = 4000
     draft_lr: float = 2e-3
     prm_problems: int = 12000
@@ -59,6 +59,10 @@ class TrainConfig:
     max_new_tokens: int = 128
     min_single_accuracy: float = 0.35
     max_single_accuracy: float = 0.65
+    # Probability that the target's training solution slips at a step (the error then
+    # propagates). It makes the policy's mistakes random rather than systematic, like a
+    # sampling LLM's, which is what voting and PRMs exploit; see docs/testbed.md.
+    slip_prob: float = 0.6
     stage_time_budget_s: float = 420.0  # a stage's optimisation stops early past this
 
 
@@ -171,9 +175,17 @@ def _optimize(model, batches: Iterator, steps: int, lr: float, loss_fn: Callable
     return step + 1
 
 
-def _sft_batches(encoder: Encoder, problems: Iterator[dict], batch_size: int, device) -> Iterator:
+def _sft_batches(encoder: Encoder, problems: Iterator[dict], batch_size: int, device,
+                 slip_prob: float = 0.0, seed: int = 0) -> Iterator:
+    rng = random.Random(seed)
+
+    def example(record: dict):
+        if slip_prob > 0:
+            record = {**record, "solution": noisy_solution(record["solution"], rng, slip_prob)}
+        return encoder.sft_example(record)
+
     while True:
-        yield encoder.batch([encoder.sft_example(next(problems)) for _ in range(batch_size)], device)
+        yield encoder.batch([example(next(problems)) for _ in range(batch_size)], device)
 
 
 def sample_solutions(model, encoder: Encoder, problems: list[str], num_samples: int,
@@ -259,8 +271,8 @@ def train_target(cfg: TrainConfig, encoder: Encoder, device) -> tuple[object, di
         return model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
 
     problems = iter_train_problems(seed=cfg.seed + 1_000_003)
-    taken = _optimize(model, _sft_batches(encoder, problems, cfg.batch_size, device),
-                      cfg.target_steps, cfg.target_lr, loss_fn, on_step, cfg.stage_time_budget_s)
+    batches = _sft_batches(encoder, problems, cfg.batch_size, device, cfg.slip_prob, cfg.seed)
+    taken = _optimize(model, batches, cfg.target_steps, cfg.target_lr, loss_fn, on_step, cfg.stage_time_budget_s)
     model.load_state_dict(kept["state"])
     model.eval()
     _log(f"target kept {kept['metrics']}")
@@ -286,7 +298,10 @@ def train_draft(cfg: TrainConfig, encoder: Encoder, target, device) -> tuple[obj
         return kl
 
     problems = iter_train_problems(seed=cfg.seed + 3_000_017)
-    taken = _optimize(draft, _sft_batches(encoder, problems, cfg.batch_size, device),
+    # The draft reads the target's slipped solutions too: at serving time it must keep
+    # proposing well after the target has made a mistake.
+    batches = _sft_batches(encoder, problems, cfg.batch_size, device, cfg.slip_prob, cfg.seed + 1)
+    taken = _optimize(draft, batches,
                       cfg.draft_steps, cfg.draft_lr, loss_fn, time_budget_s=cfg.stage_time_budget_s)
     return draft, {"steps_taken": taken,
                    "objective": "forward KL to the target's next-token distribution"}
