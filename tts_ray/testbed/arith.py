@@ -205,7 +205,9 @@ def write_jsonl(records: list[dict], path: str | Path) -> Path:
 
 def slip(value: int, rng: random.Random) -> int:
     """A plausible arithmetic slip of ``value``: one digit off by one (a carry error) or
-    replaced by another digit. Always returns a different non-negative integer."""
+    replaced by another digit. Always returns a different integer of the same sign."""
+    if value < 0:  # a slip upstream can drive a subtraction below zero
+        return -slip(-value, rng)
     digits = list(str(value))
     while True:
         position = rng.randrange(len(digits))
