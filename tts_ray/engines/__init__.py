@@ -1,0 +1,1 @@
+"""Engines: the generator and scorer backends (vLLM) behind a small protocol."""
