@@ -33,7 +33,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from tts_ray.testbed.bench import run_testbed_bench
 
     run_testbed_bench(out=args.out, limit=args.limit, num_samples=args.samples,
-                      models_root=args.models, command=" ".join(sys.argv))
+                      models_root=args.models, command=args.command_line)
     return 0
 
 
@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.command_line = " ".join(["tts-ray", *argv])
     return args.func(args)
 
 

@@ -227,7 +227,8 @@ def noisy_solution(solution: str, rng: random.Random, slip_prob: float) -> str:
     """Re-derive a reference ``solution`` with each step's result slipping with ``slip_prob``.
 
     Later steps continue from the slipped value (an inexact division then rounds down), so
-    the final answer is wrong whenever a slip happened, as with a real model's mistakes.
+    after a slip the final answer is almost always wrong, as with a real model's mistakes
+    (rarely a later division or slip lands back on the right value).
     With ``slip_prob=0`` the reference comes back unchanged.
     """
     from tts_ray.testbed.steps import parse_step, split_steps
