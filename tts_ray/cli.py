@@ -37,9 +37,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from tts_ray.serve.local import serve_forever
+
+    return serve_forever(args.config, host=args.host, port=args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tts-ray", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True)
+
+    p = verbs.add_parser("serve", help="deploy the app on a local Ray cluster and serve until ^C")
+    p.add_argument("--config", type=Path, default=Path("deployments/local.yaml"),
+                   help="Ray Serve config file whose application runs tts_ray.app:build_app")
+    p.add_argument("--host", default=None, help="override http_options.host")
+    p.add_argument("--port", type=int, default=None, help="override http_options.port")
+    p.set_defaults(func=_cmd_serve)
 
     testbed = verbs.add_parser("testbed", help="the ARITH testbed: data, training, benchmark")
     tb = testbed.add_subparsers(dest="testbed_verb", required=True)

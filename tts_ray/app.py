@@ -1,0 +1,24 @@
+"""``build_app``: the Ray Serve application builder (``import_path: tts_ray.app:build_app``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tts_ray.config import AppConfig
+
+
+def build_app(args: dict[str, Any]):
+    """Build the tts_ray application from its config (the Serve config's ``args``).
+
+    Raises:
+        pydantic.ValidationError: invalid config.
+    """
+    from tts_ray.serve.generator import build_generator
+    from tts_ray.serve.reward import build_reward
+    from tts_ray.serve.router import Router
+
+    config = AppConfig.model_validate(args)
+    generators = [build_generator(pool) for pool in config.generators]
+    reward = build_reward(config.reward) if config.reward is not None else None
+    return Router.options(num_replicas=config.router.num_replicas).bind(
+        config.model_dump(), generators, reward)

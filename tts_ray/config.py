@@ -1,0 +1,200 @@
+"""Configuration of a tts_ray application: generator pools, the reward model, the router.
+
+These pydantic models are the boundary between a deployment file (``deployments/*.yaml``,
+the ``args`` of a Ray Serve application) and the code. Every field says what it means.
+A model source ``testbed:target`` / ``testbed:draft`` / ``testbed:prm`` names a bundled
+testbed model; anything else is a local path or a Hugging Face model id.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tts_ray.constants import (
+    BAD_TOKEN,
+    CPU_GPU_MEMORY_UTILIZATION,
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_TEMPERATURE,
+    GOOD_TOKEN,
+    MAX_MODEL_LEN,
+    STEP_TAG_TOKEN,
+)
+
+TESTBED_PREFIX = "testbed:"
+MethodName = Literal["single", "majority", "weighted_majority", "best_of_n", "beam_search", "dvts"]
+Aggregate = Literal["last", "min", "prod", "mean"]
+
+
+def resolve_model_source(source: str) -> str:
+    """Map ``testbed:ROLE`` to the bundled model's path; return anything else unchanged.
+
+    Raises:
+        ValueError: an unknown testbed role.
+    """
+    if source.startswith(TESTBED_PREFIX):
+        from tts_ray.testbed.models import model_dir
+
+        return str(model_dir(source.removeprefix(TESTBED_PREFIX)))
+    return source
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AutoscalingConfig(_Strict):
+    """Ray Serve autoscaling of a deployment's replicas."""
+
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas kept running.")
+    max_replicas: int = Field(1, ge=1, description="Most replicas started under load.")
+    target_ongoing_requests: float = Field(
+        16, gt=0, description="Ongoing requests per replica that autoscaling aims at.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingConfig:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError("max_replicas must be >= min_replicas")
+        return self
+
+
+class SpeculativeConfig(_Strict):
+    """Speculative decoding inside a generator's vLLM engine (vLLM ``speculative_config``)."""
+
+    method: Literal["draft_model", "ngram", "eagle", "eagle3"] = Field(
+        "draft_model", description="vLLM speculation method.")
+    model_source: str | None = Field(
+        None, description="Draft model (draft_model) or speculator head (eagle/eagle3).")
+    num_speculative_tokens: int = Field(4, ge=1, le=16, description="Draft length k.")
+    prompt_lookup_min: int | None = Field(None, ge=1, description="ngram: shortest match.")
+    prompt_lookup_max: int | None = Field(None, ge=1, description="ngram: longest match.")
+
+    @model_validator(mode="after")
+    def _needs_model(self) -> SpeculativeConfig:
+        if self.method != "ngram" and not self.model_source:
+            raise ValueError(f"speculative method {self.method!r} needs model_source")
+        return self
+
+    def to_vllm(self) -> dict[str, Any]:
+        """The ``speculative_config`` dict vLLM takes."""
+        config: dict[str, Any] = {"method": self.method,
+                                  "num_speculative_tokens": self.num_speculative_tokens}
+        if self.model_source:
+            config["model"] = resolve_model_source(self.model_source)
+        for key in ("prompt_lookup_min", "prompt_lookup_max"):
+            if getattr(self, key) is not None:
+                config[key] = getattr(self, key)
+        return config
+
+
+class GeneratorPoolConfig(_Strict):
+    """A pool of generator replicas: one vLLM engine each, target plus optional draft."""
+
+    name: str = Field("target", pattern=r"^[A-Za-z0-9_-]+$",
+                      description="Pool name, unique in the app (also the deployment name).")
+    model_id: str = Field(..., description="Model name clients send in `model`.")
+    model_source: str = Field(..., description="Target model: path, HF id or testbed:ROLE.")
+    speculative: SpeculativeConfig | None = Field(None, description="Speculative decoding, if any.")
+    num_replicas: int = Field(1, ge=1, description="Replicas when autoscaling is off.")
+    autoscaling: AutoscalingConfig | None = Field(None, description="Autoscaling instead of a fixed count.")
+    max_ongoing_requests: int = Field(256, ge=1, description="Concurrent branches per replica.")
+    accelerator_type: str | None = Field(
+        None, description="Ray accelerator type (e.g. H100); None runs on CPU.")
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallelism (GPUs per replica).")
+    max_model_len: int = Field(MAX_MODEL_LEN, ge=16, description="Context length of the engine.")
+    gpu_memory_utilization: float = Field(CPU_GPU_MEMORY_UTILIZATION, gt=0, le=1,
+                                          description="vLLM memory share (KV cache size on GPU).")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict,
+                                          description="Further vLLM engine arguments, passed as is.")
+    runtime_env: dict[str, Any] = Field(default_factory=dict,
+                                        description="Ray runtime_env of the replicas (e.g. env_vars).")
+
+
+class RewardConfig(_Strict):
+    """The process reward model deployment.
+
+    The default reads a Math-Shepherd-style causal LM: each step followed by ``step_tag``,
+    scored as P(good)/(P(good)+P(bad)) at the tag, served on vLLM's pooling runner. A
+    classification PRM such as Qwen2.5-Math-PRM-7B (``Qwen2ForProcessRewardModel``, step
+    separator ``<extra_0>``) sets ``architecture`` to its own class and ``two_way_tokens`` to
+    None, so vLLM uses the model's own reward head.
+    """
+
+    model_id: str = Field("prm", description="Name of the reward model.")
+    model_source: str = Field(..., description="PRM: path, HF id or testbed:prm.")
+    step_tag: str = Field(STEP_TAG_TOKEN, description="Token placed after every step.")
+    step_separator: str = Field("\n", description="What separates steps in a solution.")
+    architecture: str | None = Field(
+        "LlamaForSequenceClassification",
+        description="Architecture vLLM loads the PRM as (None: the checkpoint's own).")
+    two_way_tokens: tuple[str, str] | None = Field(
+        (BAD_TOKEN, GOOD_TOKEN),
+        description="(false token, true token) whose logit difference is the step score.")
+    aggregate: Aggregate = Field("last", description="How step scores become a solution score.")
+    num_replicas: int = Field(1, ge=1, description="Reward replicas.")
+    max_ongoing_requests: int = Field(64, ge=1, description="Concurrent scoring calls per replica.")
+    accelerator_type: str | None = Field(None, description="Ray accelerator type; None runs on CPU.")
+    max_model_len: int = Field(MAX_MODEL_LEN, ge=16, description="Context length of the engine.")
+    gpu_memory_utilization: float = Field(CPU_GPU_MEMORY_UTILIZATION, gt=0, le=1,
+                                          description="vLLM memory share.")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Further vLLM engine arguments.")
+    runtime_env: dict[str, Any] = Field(default_factory=dict, description="Ray runtime_env of the replicas.")
+
+
+class RouterConfig(_Strict):
+    """Defaults and limits the router applies to every request."""
+
+    default_method: MethodName = Field("weighted_majority", description="Method for plain requests.")
+    default_branches: int = Field(8, ge=1, description="Branches for plain requests.")
+    max_branches: int = Field(64, ge=1, description="Most branches one request may ask for.")
+    default_max_tokens: int = Field(DEFAULT_MAX_TOKENS, ge=1, description="max_tokens when absent.")
+    max_tokens_limit: int = Field(1024, ge=1, description="Largest max_tokens accepted.")
+    default_temperature: float = Field(DEFAULT_TEMPERATURE, ge=0, description="Branch sampling temperature.")
+    default_latency_budget_s: float = Field(60.0, gt=0, description="Budget when the request has none.")
+    max_latency_budget_s: float = Field(3600.0, gt=0, description="Largest budget accepted.")
+    beam_width: int = Field(4, ge=1, description="Beam search / DVTS: candidates kept per beam.")
+    max_search_steps: int = Field(12, ge=1, description="Beam search / DVTS: most step expansions.")
+    num_replicas: int = Field(1, ge=1, description="Router replicas.")
+
+    @model_validator(mode="after")
+    def _defaults_within_limits(self) -> RouterConfig:
+        if self.default_branches > self.max_branches:
+            raise ValueError("default_branches must be <= max_branches")
+        if self.default_max_tokens > self.max_tokens_limit:
+            raise ValueError("default_max_tokens must be <= max_tokens_limit")
+        return self
+
+
+class AppConfig(_Strict):
+    """A whole tts_ray application: the ``args`` of ``tts_ray.app:build_app``."""
+
+    generators: list[GeneratorPoolConfig] = Field(..., min_length=1, description="Generator pools.")
+    reward: RewardConfig | None = Field(None, description="Reward model; None disables PRM methods.")
+    router: RouterConfig = Field(default_factory=RouterConfig, description="Router defaults and limits.")
+
+    @field_validator("generators")
+    @classmethod
+    def _unique_names(cls, pools: list[GeneratorPoolConfig]) -> list[GeneratorPoolConfig]:
+        names = [p.name for p in pools]
+        if len(set(names)) != len(names):
+            raise ValueError(f"generator pool names must be unique, got {names}")
+        return pools
+
+
+def load_app_config(path: str | Path) -> AppConfig:
+    """Read an ``AppConfig`` from a YAML file: either the config itself, or a Ray Serve
+    config whose first application's ``args`` hold it.
+
+    Raises:
+        pydantic.ValidationError: the config is invalid.
+        ValueError: the file has neither form.
+    """
+    data = yaml.safe_load(Path(path).read_text())
+    if isinstance(data, dict) and "applications" in data:
+        data = data["applications"][0].get("args", {})
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds no tts_ray app config")
+    return AppConfig.model_validate(data)

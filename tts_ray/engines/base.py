@@ -1,0 +1,45 @@
+"""The small protocol TTS methods program against: a generator of branches and a step scorer.
+
+The serving layer implements it over Ray Serve handles (``tts_ray.serve.clients``); anything
+else that can sample a continuation and score steps can stand in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass
+class Completion:
+    """One sampled continuation.
+
+    Attributes:
+        text: the generated text (stop strings excluded).
+        num_tokens: generated tokens.
+        finish_reason: "stop" (EOS or a stop string), "length", or "abort".
+        stop_reason: the stop string that ended it, if any.
+        replica: which generator replica produced it.
+    """
+
+    text: str
+    num_tokens: int
+    finish_reason: str | None
+    stop_reason: str | None = None
+    replica: str | None = None
+
+
+class Generator(Protocol):
+    """Samples one continuation of ``prompt``; each call is its own engine request."""
+
+    async def generate(self, prompt: str, *, max_tokens: int, temperature: float,
+                       stop: list[str] | None = None, add_special_tokens: bool = True) -> Completion:
+        ...
+
+
+class StepScorer(Protocol):
+    """Scores every step of each solution of one prompt: one list of floats in [0, 1] per
+    solution, one float per step."""
+
+    async def score(self, prompt: str, solutions: list[str]) -> list[list[float]]:
+        ...

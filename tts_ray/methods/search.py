@@ -1,0 +1,105 @@
+"""Step-level search guided by PRM scores: beam search and DVTS (as in search-and-learn).
+
+A *step* is generated as its own request that stops at the step separator, so every step
+is scored before the search decides which prefixes to extend. Both methods keep
+``num_branches`` candidates per iteration:
+
+- **beam search**: one pool; the best ``num_branches // beam_width`` unfinished prefixes
+  survive and each is extended ``beam_width`` times;
+- **DVTS** (diverse verifier tree search): ``num_branches // beam_width`` independent
+  subtrees of ``beam_width`` candidates; each keeps its single best prefix, which keeps the
+  search diverse.
+
+A candidate finishes when its step ends with EOS or the length limit, or holds a boxed
+answer. Beam search answers with the best-scoring finished solution; DVTS with a
+PRM-weighted vote over its subtrees' solutions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from tts_ray.grading import extract_answer
+from tts_ray.methods.base import Branch, MethodContext, MethodResult, aggregate_score
+from tts_ray.methods.voting import best_of_n, weighted_vote
+
+
+@dataclass
+class _Candidate:
+    prefix: str
+    num_tokens: int = 0
+    replica: str | None = None
+
+
+async def _search(ctx: MethodContext, prompt: str, method: str, num_groups: int,
+                  keep_per_group: int, expand: int) -> MethodResult:
+    scorer = ctx.require_scorer(method)
+    separator = ctx.step_separator
+    groups = [[_Candidate("") for _ in range(keep_per_group * expand)] for _ in range(num_groups)]
+    finished: list[tuple[int, Branch]] = []
+    timings = {"generate": 0.0, "score": 0.0}
+    steps = 0
+    while any(groups) and steps < ctx.max_search_steps:
+        steps += 1
+        flat = [(g, c) for g, group in enumerate(groups) for c in group]
+        started = time.perf_counter()
+        completions = await asyncio.gather(*[
+            ctx.generator.generate(prompt + c.prefix, max_tokens=ctx.max_tokens,
+                                   temperature=ctx.temperature, stop=[separator],
+                                   add_special_tokens=ctx.add_special_tokens)
+            for _, c in flat
+        ])
+        timings["generate"] += time.perf_counter() - started
+        extended = []
+        for (g, parent), completion in zip(flat, completions):
+            ended_step = completion.stop_reason == separator
+            text = parent.prefix + completion.text + (separator if ended_step else "")
+            done = not ended_step or extract_answer(text) is not None
+            extended.append((g, _Candidate(text, parent.num_tokens + completion.num_tokens,
+                                           completion.replica), done, completion.finish_reason))
+        started = time.perf_counter()
+        rows = await scorer.score(prompt, [c.prefix for _, c, _, _ in extended])
+        timings["score"] += time.perf_counter() - started
+        by_group: dict[int, list] = {g: [] for g in range(num_groups)}
+        for (g, cand, done, finish), row in zip(extended, rows):
+            score = aggregate_score(row, ctx.aggregate)
+            if done or steps == ctx.max_search_steps:
+                text = cand.prefix.rstrip(separator) if done else cand.prefix
+                finished.append((g, Branch(text=text, answer=extract_answer(text), num_tokens=cand.num_tokens,
+                                           finish_reason=finish if done else "length", replica=cand.replica,
+                                           step_scores=row, score=score)))
+            else:
+                by_group[g].append((score, cand))
+        groups = []
+        for g in range(num_groups):
+            survivors = sorted(by_group[g], key=lambda sc: -sc[0])[:keep_per_group]
+            groups.append([_Candidate(c.prefix, c.num_tokens, c.replica)
+                           for _, c in survivors for _ in range(expand)])
+    started = time.perf_counter()
+    branches = [b for _, b in finished]
+    if not branches:
+        raise RuntimeError("search produced no solution")  # max_search_steps >= 1 prevents this
+    if method == "dvts":
+        vote = weighted_vote([b.answer for b in branches], [b.score or 0.0 for b in branches], ctx.equivalent)
+    else:
+        vote = best_of_n([b.answer for b in branches], [b.score or 0.0 for b in branches])
+    text = branches[vote.winner_index].text if vote.winner_index is not None else branches[0].text
+    timings["merge"] = time.perf_counter() - started
+    return MethodResult(method=method, answer=vote.answer, text=text, votes=vote.votes, branches=branches,
+                        timings_s=timings, search_steps=steps)
+
+
+async def beam_search(ctx: MethodContext, prompt: str) -> MethodResult:
+    """Step-level beam search over ``num_branches`` candidates of width ``beam_width``."""
+    width = min(ctx.beam_width, ctx.num_branches)
+    return await _search(ctx, prompt, "beam_search", num_groups=1,
+                         keep_per_group=max(1, ctx.num_branches // width), expand=width)
+
+
+async def dvts(ctx: MethodContext, prompt: str) -> MethodResult:
+    """Diverse verifier tree search: ``num_branches // beam_width`` independent subtrees."""
+    width = min(ctx.beam_width, ctx.num_branches)
+    return await _search(ctx, prompt, "dvts", num_groups=max(1, ctx.num_branches // width),
+                         keep_per_group=1, expand=width)

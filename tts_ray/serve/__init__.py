@@ -1,0 +1,1 @@
+"""Ray Serve deployments (generator replicas, reward, router) and the app builder."""

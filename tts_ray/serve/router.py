@@ -1,0 +1,255 @@
+"""The router ingress: OpenAI-compatible endpoints that fan a request out into branches over
+the generator replicas, score them with the reward deployment, and merge them.
+
+Each branch (or search step) is its own request to a generator deployment, so Serve spreads
+branches over replicas and each can be cancelled alone; the prompt is shared through
+vLLM's prefix cache. Client errors (malformed JSON, wrong types, unknown method or model,
+limits) become 4xx answers with OpenAI-style bodies; they never reach the engines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+from ray import serve
+
+from tts_ray.config import AppConfig, resolve_model_source
+from tts_ray.engines.base import Completion
+from tts_ray.methods import METHODS, SCORED_METHODS, MethodContext, MethodError, MethodResult
+from tts_ray.serve.protocol import (
+    APIError,
+    ChatRequest,
+    CompletionRequestBody,
+    validation_message,
+)
+
+app = FastAPI(title="tts_ray", description="Latency-aware test-time scaling over vLLM")
+
+
+class HandleGenerator:
+    """The ``Generator`` protocol over a generator deployment's handle."""
+
+    def __init__(self, handle, model_id: str, seed: int | None = None) -> None:
+        self.handle, self.model_id = handle, model_id
+        self._seed = seed
+
+    async def generate(self, prompt: str, *, max_tokens: int, temperature: float,
+                       stop: list[str] | None = None, add_special_tokens: bool = True) -> Completion:
+        from ray.serve.llm.openai_api_models import CompletionRequest
+
+        kwargs: dict[str, Any] = {}
+        if self._seed is not None:
+            kwargs["seed"] = self._seed
+            self._seed += 1
+        request = CompletionRequest(model=self.model_id, prompt=prompt, max_tokens=max_tokens,
+                                    temperature=temperature, stop=stop or None, n=1,
+                                    add_special_tokens=add_special_tokens, **kwargs)
+        result = await self.handle.generate_branch.remote(request)
+        return Completion(text=result["text"], num_tokens=result["num_tokens"],
+                          finish_reason=result["finish_reason"], stop_reason=result["stop_reason"],
+                          replica=result["replica"])
+
+
+class HandleScorer:
+    """The ``StepScorer`` protocol over the reward deployment's handle."""
+
+    def __init__(self, handle, prompt_for_reward: str) -> None:
+        self.handle, self.prompt_for_reward = handle, prompt_for_reward
+
+    async def score(self, prompt: str, solutions: list[str]) -> list[list[float]]:
+        # The reward model reads its own rendering of the prompt (no BOS text: its tokenizer adds it).
+        return await self.handle.score.remote(self.prompt_for_reward, solutions)
+
+
+def _error_response(error: APIError) -> JSONResponse:
+    return JSONResponse(status_code=error.status, content=error.body())
+
+
+@serve.deployment(name="router", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5})
+@serve.ingress(app)
+class Router:
+    """The ingress deployment. ``generators`` are bound generator deployments in the order of
+    ``config.generators``; ``reward`` is the bound reward deployment or None."""
+
+    def __init__(self, config: dict[str, Any], generators: list, reward=None) -> None:
+        from transformers import AutoTokenizer
+
+        self.config = AppConfig.model_validate(config)
+        self.pools = {pool.model_id: (pool, handle) for pool, handle in zip(self.config.generators, generators)}
+        self.default_model = self.config.generators[0].model_id
+        self.reward = reward
+        self.tokenizers = {pool.model_id: AutoTokenizer.from_pretrained(resolve_model_source(pool.model_source))
+                           for pool in self.config.generators}
+        # vLLM's CPU backend crashes on per-request seeds when a chunked prefill is discarded
+        # ("CPU Generator does not use offset"), so seeds are passed to GPU pools only.
+        self.seeds_supported = {pool.model_id: pool.accelerator_type is not None
+                                for pool in self.config.generators}
+
+    # --- endpoints -----------------------------------------------------------------------
+
+    @app.get("/health")
+    async def health(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [
+            {"id": model_id, "object": "model", "owned_by": "tts_ray", "created": 0}
+            for model_id in self.pools]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request):
+        return await self._handle(request, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(self, request: Request):
+        return await self._handle(request, chat=False)
+
+    # --- request handling ----------------------------------------------------------------
+
+    async def _handle(self, request: Request, chat: bool):
+        received = time.perf_counter()
+        try:
+            body = await self._parse(request, ChatRequest if chat else CompletionRequestBody)
+            model_id = body.model or self.default_model
+            if model_id not in self.pools:
+                raise APIError(404, f"model {model_id!r} does not exist; see GET /v1/models",
+                               param="model", code="model_not_found")
+            ctx, prompt, budget_s, method, seed_applied = self._context(body, model_id, chat)
+        except APIError as error:
+            return _error_response(error)
+        try:
+            started = time.perf_counter()
+            result = await asyncio.wait_for(METHODS[method](ctx, prompt), timeout=budget_s)
+        except asyncio.TimeoutError:
+            return _error_response(APIError(
+                408, f"no answer within latency_budget_s={budget_s}", type="timeout_error",
+                param="tts.latency_budget_s", code="deadline_exceeded"))
+        except MethodError as error:
+            return _error_response(APIError(400, str(error), param="tts.method"))
+        result.timings_s["queue"] = started - received
+        result.timings_s["total"] = time.perf_counter() - received
+        payload = self._response(result, model_id, chat, budget_s, seed_applied)
+        if body.stream:
+            return StreamingResponse(self._stream(payload, chat), media_type="text/event-stream")
+        return JSONResponse(payload)
+
+    async def _parse(self, request: Request, model):
+        raw = await request.body()
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise APIError(400, f"request body is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise APIError(400, "request body must be a JSON object")
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            message, param = validation_message(exc)
+            raise APIError(400, message, param=param) from None
+
+    def _context(self, body, model_id: str, chat: bool):
+        router = self.config.router
+        tts = body.tts
+        method = (tts.method if tts and tts.method else router.default_method)
+        branches = tts.branches if tts and tts.branches else router.default_branches
+        if branches > router.max_branches:
+            raise APIError(400, f"tts.branches={branches} is above the limit of {router.max_branches}",
+                           param="tts.branches")
+        budget_s = tts.latency_budget_s if tts and tts.latency_budget_s else router.default_latency_budget_s
+        if budget_s > router.max_latency_budget_s:
+            raise APIError(400, f"tts.latency_budget_s={budget_s} is above the limit of "
+                                f"{router.max_latency_budget_s}", param="tts.latency_budget_s")
+        max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens or router.default_max_tokens
+        if max_tokens > router.max_tokens_limit:
+            raise APIError(400, f"max_tokens={max_tokens} is above the limit of {router.max_tokens_limit}",
+                           param="max_tokens")
+        if method in SCORED_METHODS and self.reward is None:
+            raise APIError(400, f"method {method!r} needs a reward model, and none is configured",
+                           param="tts.method")
+        tokenizer = self.tokenizers[model_id]
+        if chat:
+            messages = [{"role": m.role, "content": m.content} for m in body.messages]
+            prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            add_special_tokens = False
+            bos = tokenizer.bos_token or ""
+            reward_prompt = prompt[len(bos):] if bos and prompt.startswith(bos) else prompt
+        else:
+            prompt = reward_prompt = body.prompt
+            add_special_tokens = True
+        seed = tts.seed if tts and tts.seed is not None else None
+        seed_applied = seed is not None and self.seeds_supported[model_id]
+        _, handle = self.pools[model_id]
+        ctx = MethodContext(
+            generator=HandleGenerator(handle, model_id, seed if seed_applied else None),
+            scorer=HandleScorer(self.reward, reward_prompt) if self.reward is not None else None,
+            num_branches=branches, max_tokens=max_tokens,
+            temperature=body.temperature if body.temperature is not None else router.default_temperature,
+            aggregate=self.config.reward.aggregate if self.config.reward else "last",
+            beam_width=router.beam_width, max_search_steps=router.max_search_steps,
+            step_separator=self.config.reward.step_separator if self.config.reward else "\n",
+            add_special_tokens=add_special_tokens,
+        )
+        return ctx, prompt, budget_s, method, seed_applied if seed is not None else None
+
+    def _response(self, result: MethodResult, model_id: str, chat: bool, budget_s: float,
+                  seed_applied: bool | None) -> dict[str, Any]:
+        winner_finish = "stop"
+        for branch in result.branches:
+            if branch.text == result.text:
+                winner_finish = branch.finish_reason or "stop"
+                break
+        choice: dict[str, Any] = {"index": 0, "finish_reason": winner_finish, "logprobs": None}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": result.text}
+        else:
+            choice["text"] = result.text
+        tts_block = {
+            "method": result.method,
+            "answer": result.answer,
+            "votes": result.votes,
+            "num_branches": len(result.branches),
+            "branches": [b.as_dict() for b in result.branches],
+            "replicas": sorted({b.replica for b in result.branches if b.replica}),
+            "timings_s": result.timings_s,
+            "latency_budget_s": budget_s,
+            "search_steps": result.search_steps,
+            "seed_applied": seed_applied,
+        }
+        return {
+            "id": f"{'chatcmpl' if chat else 'cmpl'}-tts-{uuid.uuid4().hex}",
+            "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": model_id,
+            "choices": [choice],
+            "usage": {"prompt_tokens": 0, "completion_tokens": result.num_tokens,
+                      "total_tokens": result.num_tokens},
+            "tts": tts_block,
+        }
+
+    async def _stream(self, payload: dict[str, Any], chat: bool):
+        """Server-sent events of the merged answer: OpenAI chunk objects, then [DONE]."""
+        choice = payload["choices"][0]
+        base = {"id": payload["id"], "created": payload["created"], "model": payload["model"],
+                "object": "chat.completion.chunk" if chat else "text_completion"}
+        if chat:
+            chunks = [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None},
+                      {"index": 0, "delta": {"content": choice["message"]["content"]}, "finish_reason": None},
+                      {"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]}]
+        else:
+            chunks = [{"index": 0, "text": choice["text"], "finish_reason": None, "logprobs": None},
+                      {"index": 0, "text": "", "finish_reason": choice["finish_reason"], "logprobs": None}]
+        for i, chunk in enumerate(chunks):
+            event = {**base, "choices": [chunk]}
+            if i == len(chunks) - 1:
+                event["tts"] = payload["tts"]
+                event["usage"] = payload["usage"]
+            yield f"data: {json.dumps(event)}\n\n"
+        yield "data: [DONE]\n\n"
