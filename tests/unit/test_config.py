@@ -1,0 +1,59 @@
+"""App config: the shipped deployment file validates with Ray's schema and ours; bad configs fail."""
+
+import pytest
+from pydantic import ValidationError
+
+from tts_ray.config import AppConfig, SpeculativeConfig, load_app_config, resolve_model_source
+from tts_ray.constants import REPO_DIR
+from tts_ray.methods.base import aggregate_score
+from tts_ray.testbed.models import model_dir
+
+LOCAL = REPO_DIR / "deployments" / "local.yaml"
+
+
+def test_local_deployment_validates_with_ray_and_app_schema():
+    from tts_ray.serve.local import read_serve_config
+
+    data = read_serve_config(LOCAL)  # ServeDeploySchema
+    assert data["applications"][0]["import_path"] == "tts_ray.app:build_app"
+    config = load_app_config(LOCAL)
+    assert config.generators[0].speculative.to_vllm() == {
+        "method": "draft_model", "num_speculative_tokens": 4, "model": str(model_dir("draft"))}
+
+
+def test_testbed_sources_resolve_and_others_pass_through():
+    assert resolve_model_source("testbed:prm") == str(model_dir("prm"))
+    assert resolve_model_source("Qwen/Qwen2.5-3B-Instruct") == "Qwen/Qwen2.5-3B-Instruct"
+    with pytest.raises(ValueError):
+        resolve_model_source("testbed:nothing")
+
+
+def _pool(**extra):
+    return {"model_id": "m", "model_source": "testbed:target", **extra}
+
+
+@pytest.mark.parametrize("bad", [
+    {"generators": []},
+    {"generators": [_pool(), _pool()]},  # duplicate pool names
+    {"generators": [_pool(num_replicas=0)]},
+    {"generators": [_pool(autoscaling={"min_replicas": 3, "max_replicas": 1})]},
+    {"generators": [_pool(speculative={"method": "draft_model"})]},  # no draft model
+    {"generators": [_pool()], "router": {"default_branches": 100, "max_branches": 64}},
+    {"generators": [_pool(typo=1)]},
+])
+def test_invalid_configs_are_rejected(bad):
+    with pytest.raises(ValidationError):
+        AppConfig.model_validate(bad)
+
+
+def test_ngram_needs_no_model():
+    assert SpeculativeConfig(method="ngram", prompt_lookup_max=4).to_vllm() == {
+        "method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4}
+
+
+def test_aggregates():
+    assert aggregate_score([0.9, 0.2, 0.5], "last") == 0.5
+    assert aggregate_score([0.9, 0.2, 0.5], "min") == 0.2
+    assert aggregate_score([0.5, 0.5], "prod") == 0.25
+    assert aggregate_score([0.5, 1.0], "mean") == 0.75
+    assert aggregate_score([], "last") == 0.0
