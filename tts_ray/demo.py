@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     from tts_ray.testbed.arith import arith500
 
     started = time.perf_counter()
-    url = start_app(args.config)
+    print("starting the service (engine start-up takes a few minutes on 2 cores)...", flush=True)
+    url = start_app(args.config, quiet=True)
     print(f"\ntts_ray is up at {url}/v1 after {time.perf_counter() - started:.0f}s\n")
     client = OpenAI(base_url=f"{url}/v1", api_key="not-needed-locally")
     model = client.models.list().data[0].id

@@ -27,9 +27,10 @@ def read_serve_config(path: str | Path) -> dict[str, Any]:
 
 
 def start_app(config_path: str | Path, host: str | None = None, port: int | None = None,
-              blocking_timeout_s: float = 900) -> str:
+              blocking_timeout_s: float = 900, quiet: bool = False) -> str:
     """Start Ray (if not running) and Serve, deploy the first application of the config, and
-    return the base URL once every deployment is healthy."""
+    return the base URL once every deployment is healthy. ``quiet`` keeps the replicas' logs
+    out of this process's output (they stay in Ray's log files)."""
     import ray
     from ray import serve
 
@@ -46,7 +47,7 @@ def start_app(config_path: str | Path, host: str | None = None, port: int | None
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, num_cpus=LOCAL_NUM_CPUS,
                  runtime_env={"env_vars": env_vars}, include_dashboard=False,
-                 ignore_reinit_error=True)
+                 ignore_reinit_error=True, log_to_driver=not quiet)
     serve.start(http_options={"host": host, "port": port}, proxy_location="HeadOnly")
     started = time.perf_counter()
     serve.run(build_app(application["args"]), name=application.get("name", "tts"),
