@@ -57,6 +57,11 @@ def test_majority_returns_the_most_frequent_answer_and_votes_add_up(service_url)
     assert tts["votes"][tts["answer"]] == max(counts.values())
     assert extract_answer(out["choices"][0]["message"]["content"]) == tts["answer"]
     assert set(tts["timings_s"]) >= {"queue", "generate", "merge", "total"}
+    # speculative decoding's acceptance, from vLLM's per-request counters
+    spec = tts["speculation"]
+    assert spec["verify_steps"] == sum(b["spec_verify_steps"] for b in tts["branches"]) > 0
+    assert spec["accepted_per_step"] == pytest.approx(spec["accepted_tokens"] / spec["verify_steps"])
+    assert spec["accepted_per_step"] > 1.0
 
 
 def test_branches_spread_over_both_generator_replicas(service_url):

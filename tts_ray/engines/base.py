@@ -20,6 +20,8 @@ class Completion:
         finish_reason: "stop" (EOS or a stop string), "length", or "abort".
         stop_reason: the stop string that ended it, if any.
         replica: which generator replica produced it.
+        spec_accepted_tokens: draft tokens the target accepted (None without speculation).
+        spec_verify_steps: target verification steps taken (None without speculation).
     """
 
     text: str
@@ -27,6 +29,8 @@ class Completion:
     finish_reason: str | None
     stop_reason: str | None = None
     replica: str | None = None
+    spec_accepted_tokens: int | None = None
+    spec_verify_steps: int | None = None
 
 
 class Generator(Protocol):

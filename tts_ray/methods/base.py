@@ -66,6 +66,8 @@ class Branch:
     replica: str | None = None
     step_scores: list[float] | None = None
     score: float | None = None
+    spec_accepted_tokens: int | None = None
+    spec_verify_steps: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}
@@ -94,7 +96,19 @@ Method = Callable[[MethodContext, str], Awaitable[MethodResult]]
 def to_branch(completion: Completion, prefix: str = "") -> Branch:
     text = prefix + completion.text
     return Branch(text=text, answer=extract_answer(text), num_tokens=completion.num_tokens,
-                  finish_reason=completion.finish_reason, replica=completion.replica)
+                  finish_reason=completion.finish_reason, replica=completion.replica,
+                  spec_accepted_tokens=completion.spec_accepted_tokens,
+                  spec_verify_steps=completion.spec_verify_steps)
+
+
+def speculation_summary(branches: list[Branch]) -> dict[str, float] | None:
+    """Draft tokens accepted per verification step over all branches (None without
+    speculation): vLLM's per-request counters, summed."""
+    steps = sum(b.spec_verify_steps or 0 for b in branches)
+    if not steps:
+        return None
+    accepted = sum(b.spec_accepted_tokens or 0 for b in branches)
+    return {"accepted_tokens": accepted, "verify_steps": steps, "accepted_per_step": accepted / steps}
 
 
 async def sample_branches(ctx: MethodContext, prompt: str, count: int) -> tuple[list[Branch], float]:

@@ -31,6 +31,12 @@ class _Candidate:
     prefix: str
     num_tokens: int = 0
     replica: str | None = None
+    spec_accepted_tokens: int | None = None
+    spec_verify_steps: int | None = None
+
+
+def _add(a: int | None, b: int | None) -> int | None:
+    return None if a is None and b is None else (a or 0) + (b or 0)
 
 
 async def _search(ctx: MethodContext, prompt: str, method: str, num_groups: int,
@@ -57,8 +63,10 @@ async def _search(ctx: MethodContext, prompt: str, method: str, num_groups: int,
             ended_step = completion.stop_reason == separator
             text = parent.prefix + completion.text + (separator if ended_step else "")
             done = not ended_step or extract_answer(text) is not None
-            extended.append((g, _Candidate(text, parent.num_tokens + completion.num_tokens,
-                                           completion.replica), done, completion.finish_reason))
+            extended.append((g, _Candidate(
+                text, parent.num_tokens + completion.num_tokens, completion.replica,
+                _add(parent.spec_accepted_tokens, completion.spec_accepted_tokens),
+                _add(parent.spec_verify_steps, completion.spec_verify_steps)), done, completion.finish_reason))
         started = time.perf_counter()
         rows = await scorer.score(prompt, [c.prefix for _, c, _, _ in extended])
         timings["score"] += time.perf_counter() - started
@@ -69,13 +77,16 @@ async def _search(ctx: MethodContext, prompt: str, method: str, num_groups: int,
                 text = cand.prefix.rstrip(separator) if done else cand.prefix
                 finished.append((g, Branch(text=text, answer=extract_answer(text), num_tokens=cand.num_tokens,
                                            finish_reason=finish if done else "length", replica=cand.replica,
-                                           step_scores=row, score=score)))
+                                           step_scores=row, score=score,
+                                           spec_accepted_tokens=cand.spec_accepted_tokens,
+                                           spec_verify_steps=cand.spec_verify_steps)))
             else:
                 by_group[g].append((score, cand))
         groups = []
         for g in range(num_groups):
             survivors = sorted(by_group[g], key=lambda sc: -sc[0])[:keep_per_group]
-            groups.append([_Candidate(c.prefix, c.num_tokens, c.replica)
+            groups.append([_Candidate(c.prefix, c.num_tokens, c.replica, c.spec_accepted_tokens,
+                                      c.spec_verify_steps)
                            for _, c in survivors for _ in range(expand)])
     started = time.perf_counter()
     branches = [b for _, b in finished]

@@ -20,7 +20,9 @@ class GeneratorServer(LLMServer):
     async def generate_branch(self, request: Any) -> dict[str, Any]:
         """Run one non-streaming completion request (n=1) and summarise it.
 
-        Returns ``{"text", "num_tokens", "finish_reason", "stop_reason", "replica"}``.
+        Returns ``{"text", "num_tokens", "finish_reason", "stop_reason", "replica",
+        "spec_accepted_tokens", "spec_verify_steps"}``; the last two come from vLLM's
+        per-request speculative-decoding metrics and are None without speculation.
 
         Raises:
             RuntimeError: the engine answered with an error.
@@ -35,7 +37,10 @@ class GeneratorServer(LLMServer):
             raise RuntimeError(f"generator error: {message}")
         choice = response.choices[0]
         usage = response.usage
+        spec = getattr(getattr(response, "metrics", None), "speculative_decoding", None)
         return {
+            "spec_accepted_tokens": spec.num_accepted_draft_tokens if spec else None,
+            "spec_verify_steps": spec.num_spec_steps if spec else None,
             "text": choice.text,
             "num_tokens": usage.completion_tokens if usage else 0,
             "finish_reason": choice.finish_reason,
@@ -54,6 +59,8 @@ def llm_config(pool: GeneratorPoolConfig) -> LLMConfig:
     }
     if pool.speculative is not None:
         engine_kwargs["speculative_config"] = pool.speculative.to_vllm()
+        # Per-request acceptance in each response (n=1, as every branch is).
+        engine_kwargs["per_request_spec_decode_metrics"] = "summary"
     engine_kwargs.update(pool.engine_kwargs)
     deployment_config: dict[str, Any] = {"max_ongoing_requests": pool.max_ongoing_requests}
     if pool.autoscaling is not None:

@@ -23,6 +23,7 @@ from ray import serve
 from tts_ray.config import AppConfig, resolve_model_source
 from tts_ray.engines.base import Completion
 from tts_ray.methods import METHODS, SCORED_METHODS, MethodContext, MethodError, MethodResult
+from tts_ray.methods.base import speculation_summary
 from tts_ray.serve.protocol import (
     APIError,
     ChatRequest,
@@ -54,7 +55,8 @@ class HandleGenerator:
         result = await self.handle.generate_branch.remote(request)
         return Completion(text=result["text"], num_tokens=result["num_tokens"],
                           finish_reason=result["finish_reason"], stop_reason=result["stop_reason"],
-                          replica=result["replica"])
+                          replica=result["replica"], spec_accepted_tokens=result["spec_accepted_tokens"],
+                          spec_verify_steps=result["spec_verify_steps"])
 
 
 class HandleScorer:
@@ -219,6 +221,7 @@ class Router:
             "branches": [b.as_dict() for b in result.branches],
             "replicas": sorted({b.replica for b in result.branches if b.replica}),
             "timings_s": result.timings_s,
+            "speculation": speculation_summary(result.branches),
             "latency_budget_s": budget_s,
             "search_steps": result.search_steps,
             "seed_applied": seed_applied,
