@@ -24,7 +24,7 @@ def service_url():
 
     from tts_ray.serve.local import start_app
 
-    url = start_app(REPO_DIR / "deployments" / "local.yaml")
+    url = start_app(REPO_DIR / "deployments" / "local.yaml", quiet=True)
     yield url
     serve.shutdown()
     ray.shutdown()
