@@ -24,6 +24,7 @@ from pathlib import Path
 from tts_ray.constants import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE
 from tts_ray.engines import vllm_offline
 from tts_ray.grading import extract_answer
+from tts_ray.methods.base import AGGREGATES, aggregate_score
 from tts_ray.methods.voting import majority_vote, weighted_vote
 from tts_ray.testbed.arith import arith500
 from tts_ray.testbed.models import model_dir
@@ -31,12 +32,6 @@ from tts_ray.testbed.prm_format import prm_text_for_solution
 from tts_ray.testbed.steps import label_steps
 from tts_ray.testbed.train import step_auc
 
-AGGREGATES = {
-    "last": lambda s: s[-1],
-    "min": min,
-    "mean": lambda s: sum(s) / len(s),
-    "prod": lambda s: __import__("math").prod(s),
-}
 
 
 def _sample(llm, problems: list[str], num_samples: int, max_tokens: int) -> tuple[list[list[str]], float]:
@@ -96,8 +91,8 @@ def run_testbed_bench(out: str | Path, limit: int | None = None, num_samples: in
         i += len(group)
         single += sum(a == record["answer"] for a in answers) / len(group)
         majority += majority_vote(answers).answer == record["answer"]
-        for name, aggregate in AGGREGATES.items():
-            weights = [aggregate(r) if r else 0.0 for r in rows]
+        for name in AGGREGATES:
+            weights = [aggregate_score(r, name) for r in rows]
             weighted[name] += weighted_vote(answers, weights).answer == record["answer"]
     n = len(records)
     spec_correct = sum(extract_answer(s) == r["answer"]
