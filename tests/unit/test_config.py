@@ -57,3 +57,19 @@ def test_aggregates():
     assert aggregate_score([0.5, 0.5], "prod") == 0.25
     assert aggregate_score([0.5, 1.0], "mean") == 0.75
     assert aggregate_score([], "last") == 0.0
+
+
+def test_reward_defaults_read_the_testbed_prm_as_it_was_trained():
+    from tts_ray.config import RewardConfig
+    from tts_ray.constants import BAD_TOKEN, GOOD_TOKEN, STEP_TAG_TOKEN
+    from tts_ray.engines.prm import split_solution, tag_steps
+    from tts_ray.testbed.prm_format import prm_text_for_solution
+    from tts_ray.testbed.tokenizer import prompt_text
+
+    config = RewardConfig(model_source="testbed:prm")
+    assert config.step_tag == STEP_TAG_TOKEN and config.two_way_tokens == (BAD_TOKEN, GOOD_TOKEN)
+    problem, solution = "Ava has 3 apples.", "3 + 4 = 7\n\n\\boxed{7}\n"
+    served = tag_steps(prompt_text(problem), split_solution(solution, config.step_separator),
+                       config.step_tag, config.step_separator)
+    assert served == prm_text_for_solution(problem, solution)[0]
+    assert served.count(STEP_TAG_TOKEN) == 2

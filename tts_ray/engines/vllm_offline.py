@@ -10,27 +10,13 @@ from __future__ import annotations
 
 import gc
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from tts_ray.constants import (
-    BAD_TOKEN,
     CPU_GPU_MEMORY_UTILIZATION,
     CPU_KVCACHE_SPACE_GIB,
-    GOOD_TOKEN,
     MAX_MODEL_LEN,
-    STEP_TAG_TOKEN,
 )
-
-
-@dataclass(frozen=True)
-class StepPRMSpec:
-    """How a Math-Shepherd-style PRM reads steps: a tag token after each step, and the two
-    label tokens whose probabilities at the tag give the step score."""
-
-    step_tag: str = STEP_TAG_TOKEN
-    good_token: str = GOOD_TOKEN
-    bad_token: str = BAD_TOKEN
 
 
 def prepare_cpu_env() -> None:
@@ -56,30 +42,19 @@ def generator_llm(target: str | Path, draft: str | Path | None = None, num_specu
     return LLM(str(target), **kwargs)
 
 
-def prm_llm(prm: str | Path, spec: StepPRMSpec = StepPRMSpec(), **engine_kwargs):
-    """A ``vllm.LLM`` running the causal-LM PRM on vLLM's pooling runner.
-
-    The LM head is reduced to ``logit(good) - logit(bad)`` (vLLM's ``from_2_way_softmax``
-    conversion, whose token list is ``[false_token, true_token]``), and STEP pooling keeps
-    only the positions of the step tag, so each request returns one score per step:
-    ``sigmoid(logit(good) - logit(bad)) = P(good) / (P(good) + P(bad))``.
-    """
+def prm_llm(prm: str | Path, **engine_kwargs):
+    """A ``vllm.LLM`` serving the step PRM at ``prm`` on vLLM's pooling runner, configured as
+    the reward deployment configures it (:func:`tts_ray.engines.prm.vllm_prm_args` with
+    :class:`~tts_ray.config.RewardConfig`'s defaults); ``engine_kwargs`` override."""
     prepare_cpu_env()
-    from transformers import AutoTokenizer
     from vllm import LLM
 
-    tag_id = AutoTokenizer.from_pretrained(str(prm)).convert_tokens_to_ids(spec.step_tag)
-    kwargs = dict(gpu_memory_utilization=CPU_GPU_MEMORY_UTILIZATION, max_model_len=MAX_MODEL_LEN)
-    kwargs.update(engine_kwargs)
-    return LLM(
-        str(prm),
-        runner="pooling",
-        hf_overrides={"architectures": ["LlamaForSequenceClassification"],
-                      "classifier_from_token": [spec.bad_token, spec.good_token],
-                      "method": "from_2_way_softmax"},
-        pooler_config={"task": "token_classify", "tok_pooling_type": "STEP", "step_tag_id": tag_id},
-        **kwargs,
-    )
+    from tts_ray.config import RewardConfig
+    from tts_ray.engines.prm import vllm_prm_args
+
+    args = vllm_prm_args(RewardConfig(model_source=str(prm)))
+    args.update(engine_kwargs)
+    return LLM(**args)
 
 
 def score_steps(llm, texts: list[str]) -> list[list[float]]:

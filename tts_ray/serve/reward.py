@@ -13,7 +13,8 @@ from typing import Any
 
 from ray import serve
 
-from tts_ray.config import RewardConfig, resolve_model_source
+from tts_ray.config import RewardConfig
+from tts_ray.engines.prm import split_solution, tag_steps, vllm_prm_args
 
 
 class RewardServer:
@@ -21,7 +22,6 @@ class RewardServer:
     vLLM batches them."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        from transformers import AutoTokenizer
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -29,29 +29,12 @@ class RewardServer:
 
         prepare_cpu_env()
         self.config = RewardConfig.model_validate(config)
-        source = resolve_model_source(self.config.model_source)
-        self.tokenizer = AutoTokenizer.from_pretrained(source)
-        tag_id = self.tokenizer.convert_tokens_to_ids(self.config.step_tag)
-        hf_overrides: dict[str, Any] = {}
-        if self.config.architecture:
-            hf_overrides["architectures"] = [self.config.architecture]
-        if self.config.two_way_tokens:
-            hf_overrides.update(classifier_from_token=list(self.config.two_way_tokens),
-                                method="from_2_way_softmax")
-        args = AsyncEngineArgs(
-            model=source, runner="pooling", hf_overrides=hf_overrides,
-            pooler_config={"task": "token_classify", "tok_pooling_type": "STEP", "step_tag_id": tag_id},
-            max_model_len=self.config.max_model_len,
-            gpu_memory_utilization=self.config.gpu_memory_utilization,
-            **self.config.engine_kwargs,
-        )
-        self.engine = AsyncLLM.from_engine_args(args)
+        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**vllm_prm_args(self.config)))
 
     def reward_input(self, prompt: str, solution: str) -> str:
         """``prompt`` then each step of ``solution`` followed by the step tag and separator."""
         sep = self.config.step_separator
-        steps = [s.strip() for s in solution.split(sep) if s.strip()]
-        return prompt + "".join(step + self.config.step_tag + sep for step in steps)
+        return tag_steps(prompt, split_solution(solution, sep), self.config.step_tag, sep)
 
     async def _score_one(self, text: str) -> list[float]:
         from vllm.pooling_params import PoolingParams

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from tts_ray.engines.prm import split_solution
 from tts_ray.testbed.arith import apply_op
 
 _STEP_RE = re.compile(r"^\s*(-?\d+)\s*([-+*/])\s*(-?\d+)\s*=\s*(-?\d+)\s*$")
@@ -46,7 +47,7 @@ class Step:
 
 def split_steps(solution: str) -> list[str]:
     """The non-empty lines of ``solution``, stripped: one step each."""
-    return [line.strip() for line in solution.split("\n") if line.strip()]
+    return split_solution(solution, "\n")
 
 
 def parse_step(line: str) -> Step | None:
