@@ -1,8 +1,14 @@
-"""Integration tests start real vLLM engines on CPU with the bundled testbed models."""
+"""Integration tests start real vLLM engines on CPU with the bundled testbed models.
+
+One application (deployments/local.yaml) serves every service test of the session: app
+start-up costs minutes on CPU, so test files share ``service_url`` instead of starting their own.
+"""
 
 import os
 
 import pytest
+
+from tts_ray.constants import REPO_DIR
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
@@ -11,3 +17,18 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def service_url():
+    """Base URL of the session's application (two generator replicas with speculative decoding,
+    one PRM replica, the router), started on first use and shut down at the end."""
+    import ray
+    from ray import serve
+
+    from tts_ray.serve.local import start_app
+
+    url = start_app(REPO_DIR / "deployments" / "local.yaml", quiet=True)
+    yield url
+    serve.shutdown()
+    ray.shutdown()

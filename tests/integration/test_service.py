@@ -10,24 +10,10 @@ import urllib.request
 
 import pytest
 
-from tts_ray.constants import REPO_DIR
 from tts_ray.grading import extract_answer
 from tts_ray.testbed.arith import arith500
 
 PROBLEM = arith500()[2]  # level 3: room for the branches to disagree
-
-
-@pytest.fixture(scope="session")
-def service_url():
-    import ray
-    from ray import serve
-
-    from tts_ray.serve.local import start_app
-
-    url = start_app(REPO_DIR / "deployments" / "local.yaml", quiet=True)
-    yield url
-    serve.shutdown()
-    ray.shutdown()
 
 
 def _post(url: str, body, raw: bytes | None = None):
