@@ -1,4 +1,4 @@
-"""The ``tts-ray`` command line: testbed data, training and benchmarks (more verbs per issue)."""
+"""The ``tts-ray`` command line: serving, evaluation and benchmarks, testbed data and training."""
 
 from __future__ import annotations
 
@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=16, help="branches for the votes")
     p.add_argument("--models", type=Path, default=None, help="models root (default: bundled)")
     p.set_defaults(func=_cmd_bench)
+
+    from tts_ray.eval.cli import add_bench_arguments, add_eval_arguments, bench_from_args, run_from_args
+
+    p = verbs.add_parser("eval", help="evaluate a service on a dataset: accuracy, latency, tokens")
+    add_eval_arguments(p).set_defaults(func=run_from_args)
+    p = verbs.add_parser("bench", help="tts_ray against its peers on the same problems: bench.json, bench.png")
+    add_bench_arguments(p).set_defaults(func=bench_from_args)
     return parser
 
 

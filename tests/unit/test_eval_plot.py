@@ -1,0 +1,81 @@
+"""Accuracy-latency curves: Pareto fronts, dominance, the PNG plot, and the bench's figures."""
+
+import pytest
+
+from tts_ray.eval.bench import (
+    ONE_SAMPLE,
+    PLAIN_VLLM,
+    SEQUENTIAL_BON,
+    BenchConfig,
+    _service_runs,
+    figures,
+    measured,
+)
+from tts_ray.eval.plot import CurvePoint, best_accuracy_within, dominance_violations, pareto_front, plot_curves
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def pt(label, latency_s, accuracy):
+    return CurvePoint(label=label, latency_s=latency_s, accuracy=accuracy)
+
+
+def test_pareto_front():
+    points = [pt("a", 1, 0.3), pt("b", 2, 0.5), pt("c", 3, 0.4), pt("d", 2, 0.5), pt("e", 4, 0.9), pt("f", 0.5, 0.1)]
+    assert [p.label for p in pareto_front(points)] == ["f", "a", "b", "d", "e"]
+
+
+def test_dominance():
+    ours = [pt("B=1", 1.0, 0.4), pt("B=16", 2.0, 0.8)]
+    assert best_accuracy_within(ours, 1.5) == 0.4 and best_accuracy_within(ours, 0.5) is None
+    assert dominance_violations(ours, {"peer": [pt("x", 1.2, 0.4), pt("y", 5, 0.8)]}) == []
+    violations = dominance_violations(ours, {"peer": [pt("fast", 0.5, 0.3), pt("good", 1.5, 0.6)]})
+    assert [(v["label"], v["system_accuracy_within"]) for v in violations] == [("fast", None), ("good", 0.4)]
+
+
+def test_plot_is_a_valid_png(tmp_path):
+    from matplotlib import image
+
+    out = plot_curves({"tts_ray": [pt("B=1", 0.8, 0.4), pt("B=16", 1.9, 0.8)],
+                       "peer": [pt("N=4", 3.0, 0.6), pt("N=1", 0.7, 0.38)]}, tmp_path / "sub" / "plot.png")
+    data = out.read_bytes()
+    assert data[:8] == PNG_MAGIC
+    pixels = image.imread(out)
+    assert pixels.ndim == 3 and pixels.shape[0] > 200 and pixels.shape[1] > 200
+    assert pixels.std() > 0  # something was drawn
+    with pytest.raises(ValueError):
+        plot_curves({"empty": []}, tmp_path / "none.png")
+
+
+def test_service_runs_cover_every_method_and_b():
+    runs = _service_runs(BenchConfig(branches=[1, 4, 16], service_methods=["majority", "weighted_majority"]))
+    labels = [(system, label) for system, label, _ in runs]
+    assert labels == [("tts_ray single", "greedy B=1"), ("tts_ray single", "T=0.7 B=1"),
+                      ("tts_ray majority", "B=4"), ("tts_ray majority", "B=16"),
+                      ("tts_ray weighted_majority", "B=4"), ("tts_ray weighted_majority", "B=16")]
+    assert runs[0][2] == {"method": "single", "branches": 1, "temperature": 0.0}
+
+
+def test_figures_from_measurements():
+    config = BenchConfig(branches=[1, 16], service_methods=["majority"])
+
+    def m(system, label, accuracy, latency_s):
+        n = 10
+        return measured(system, label, [True] * round(accuracy * n) + [False] * (n - round(accuracy * n)),
+                        [latency_s] * n)
+
+    results = [m(ONE_SAMPLE, "greedy", 0.5, 1.0), m(ONE_SAMPLE, "T=0.7", 0.4, 1.0),
+               m(PLAIN_VLLM, "B=1", 0.4, 1.0), m(PLAIN_VLLM, "B=16", 0.7, 2.0),
+               m(SEQUENTIAL_BON, "N=1", 0.4, 1.1), m(SEQUENTIAL_BON, "N=16", 0.8, 16.0),
+               m("tts_ray single", "greedy B=1", 0.5, 1.1), m("tts_ray single", "T=0.7 B=1", 0.4, 1.2),
+               m("tts_ray majority", "B=16", 0.8, 2.4)]
+    out = figures(results, config)
+    assert out["router_overhead_ratio"] == pytest.approx(1.1)
+    assert out["router_overhead_ratio_sampled"] == pytest.approx(1.2)
+    assert out["branch16_over_branch1_latency"] == pytest.approx(2.0)
+    assert out["speedup_vs_sequential_best_of_n"] == pytest.approx(16.0 / 2.4)
+    assert out["speedup_vs_sequential_best_of_n_by_n"]["N=16"]["service_config"] == "tts_ray majority B=16"
+    # the peers' 1.0 s points are faster than anything the service has; plain vLLM B=16 at 2.0 s too
+    assert out["dominates_peers"] is False
+    assert {v["label"] for v in out["dominance"]["violations"]} == {"greedy", "T=0.7", "B=1", "B=16"}
+    assert out["dominance"]["dominates_above_service_min_latency"] is False

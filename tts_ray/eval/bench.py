@@ -1,0 +1,429 @@
+"""``tts-ray bench``: tts_ray against what a user would otherwise run, side by side in one run.
+
+Every system answers the same problems with the same models, one problem at a time (the
+latency regime test-time scaling is about), so ratios measured in one run hold on a noisy
+machine. The systems (each a curve of accuracy against mean per-problem latency):
+
+1. ``one sample``: the target alone, greedy and at the sampling temperature;
+2. ``vLLM n=B + majority``: plain in-process vLLM, ``n = B`` samples in one request and a
+   majority vote, no Ray;
+3. ``sequential best-of-N (PRM)``: the search-and-learn recipe on one engine, no fan-out:
+   N samples generated one after another, all scored by the PRM, the best kept;
+4. ``tts_ray <method>``: this service with fixed branches B (its pool's draft length k);
+5. ``tts_ray auto``: this service with ``tts: {"branches": "auto"}`` (the planner); recorded
+   as skipped, with the router's reason, when the router refuses ``auto``.
+
+Peers 1-3 run first on in-process engines configured as the service's first generator pool
+(target, draft model, k, context length) and its reward model, and are shut down before the
+service starts: on a small machine both at once would compete for the same cores. The same
+prompt reaches every system (the target's chat template, tokenized without extra special
+tokens, as the router sends it). Engines start child processes: call :func:`run_bench` only
+under ``if __name__ == "__main__":`` (the CLI does).
+
+Writes ``bench.json`` (the headline ratios, every curve, skipped peers) and ``bench.png``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from tts_ray.constants import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, REPO_DIR
+from tts_ray.eval.datasets import Problem, load_dataset
+from tts_ray.eval.plot import CurvePoint, dominance_violations, plot_curves
+from tts_ray.eval.stats import percentile, wilson_interval
+from tts_ray.grading import extract_answer, is_equivalent
+
+ONE_SAMPLE = "one sample"
+PLAIN_VLLM = "vLLM n=B + majority"
+SEQUENTIAL_BON = "sequential best-of-N (PRM)"
+SERVICE_PREFIX = "tts_ray "
+SERVICE_AUTO = "tts_ray auto"
+
+
+class BenchConfig(BaseModel):
+    """One ``tts-ray bench`` run."""
+
+    dataset: str = Field("arith500", description="Dataset (the bundled models know only ARITH).")
+    limit: int = Field(50, ge=1, description="Problems (the first N of the dataset).")
+    branches: list[int] = Field([1, 4, 16], min_length=1, description="B values (and N of best-of-N).")
+    service_methods: list[str] = Field(["majority", "weighted_majority", "best_of_n"], min_length=1,
+                                       description="Service methods run at each B > 1.")
+    config: Path = Field(REPO_DIR / "deployments" / "local.yaml", description="Serve config of the service.")
+    url: str | None = Field(None, description="Use this running service instead of starting one in-process.")
+    temperature: float = Field(DEFAULT_TEMPERATURE, ge=0, description="Sampling temperature of every sampler.")
+    max_tokens: int = Field(DEFAULT_MAX_TOKENS, ge=1, description="Tokens per sample.")
+    warmup: int = Field(2, ge=0, description="Untimed requests per system before it is measured.")
+    skip_peers: bool = Field(False, description="Measure only the service (no ratios against peers).")
+    auto_budget_s: float | None = Field(None, gt=0, description="tts.latency_budget_s sent with branches=auto.")
+    out_dir: Path = Field(REPO_DIR / "bench" / "results", description="Where bench.json and bench.png go.")
+    progress: bool = Field(True, description="Show progress bars.")
+
+
+class Measured(BaseModel):
+    """One configuration of one system over the benchmark's problems."""
+
+    system: str
+    label: str
+    num_problems: int
+    num_correct: int
+    accuracy: float
+    accuracy_ci95: tuple[float, float]
+    latency_mean_s: float
+    latency_p50_s: float
+    latency_p90_s: float
+    tokens_per_problem: float | None = None
+    num_errors: int = 0
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+    def point(self) -> CurvePoint:
+        return CurvePoint(label=self.label, latency_s=self.latency_mean_s, accuracy=self.accuracy)
+
+
+def measured(system: str, label: str, correct: Sequence[bool], latencies_s: Sequence[float],
+             tokens: Sequence[int] | None = None, num_errors: int = 0, **settings: Any) -> Measured:
+    """Aggregate per-problem outcomes of one configuration."""
+    n = len(correct)
+    k = sum(bool(c) for c in correct)
+    return Measured(system=system, label=label, num_problems=n, num_correct=k, accuracy=k / n,
+                    accuracy_ci95=wilson_interval(k, n), latency_mean_s=sum(latencies_s) / n,
+                    latency_p50_s=percentile(latencies_s, 50), latency_p90_s=percentile(latencies_s, 90),
+                    tokens_per_problem=sum(tokens) / len(tokens) if tokens else None,
+                    num_errors=num_errors, settings=settings)
+
+
+def _app_config(config_path: Path):
+    from tts_ray.config import AppConfig
+    from tts_ray.serve.local import read_serve_config
+
+    return AppConfig.model_validate(read_serve_config(config_path)["applications"][0]["args"])
+
+
+def _progress(iterable, desc: str, enabled: bool, total: int | None = None):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+
+
+# --- peers 1-3: in-process vLLM, no Ray -------------------------------------------------------
+
+def run_offline_peers(problems: Sequence[Problem], config: BenchConfig) -> list[Measured]:
+    """Measure the one-sample, plain-vLLM and sequential best-of-N peers (engines started
+    and shut down here)."""
+    from vllm import SamplingParams
+
+    from tts_ray.config import resolve_model_source
+    from tts_ray.engines import vllm_offline
+    from tts_ray.engines.prm import split_solution, tag_steps
+    from tts_ray.methods.base import aggregate_score
+    from tts_ray.methods.voting import best_of_n, majority_vote
+
+    app = _app_config(config.config)
+    pool = app.generators[0]
+    engine_kwargs = {"max_model_len": pool.max_model_len, "gpu_memory_utilization": pool.gpu_memory_utilization,
+                     **pool.engine_kwargs}
+    if pool.speculative is not None:
+        engine_kwargs["speculative_config"] = pool.speculative.to_vllm()
+    llm = vllm_offline.generator_llm(resolve_model_source(pool.model_source), **engine_kwargs)
+    tokenizer = llm.get_tokenizer()
+    prompts, reward_prompts = [], []
+    for p in problems:
+        # What the router sends: the chat template's rendering, no special tokens added on top.
+        text = tokenizer.apply_chat_template([{"role": "user", "content": p.problem}], tokenize=False,
+                                             add_generation_prompt=True)
+        prompts.append({"prompt_token_ids": tokenizer.encode(text, add_special_tokens=False)})
+        bos = tokenizer.bos_token or ""
+        reward_prompts.append(text[len(bos):] if bos and text.startswith(bos) else text)
+
+    def timed(prompt, params):
+        started = time.perf_counter()
+        out = llm.generate([prompt], params, use_tqdm=False)[0]
+        return out, time.perf_counter() - started
+
+    sampled = SamplingParams(n=1, temperature=config.temperature, max_tokens=config.max_tokens)
+    for prompt in prompts[: config.warmup]:
+        timed(prompt, sampled)
+
+    results: list[Measured] = []
+    for label, temperature in (("greedy", 0.0), (f"T={config.temperature:g}", config.temperature)):
+        params = SamplingParams(n=1, temperature=temperature, max_tokens=config.max_tokens)
+        correct, latencies, tokens = [], [], []
+        for p, prompt in _progress(list(zip(problems, prompts)), f"{ONE_SAMPLE} {label}", config.progress):
+            out, latency_s = timed(prompt, params)
+            correct.append(is_equivalent(extract_answer(out.outputs[0].text), p.answer))
+            latencies.append(latency_s)
+            tokens.append(len(out.outputs[0].token_ids))
+        results.append(measured(ONE_SAMPLE, label, correct, latencies, tokens, temperature=temperature))
+
+    for b in config.branches:
+        params = SamplingParams(n=b, temperature=config.temperature, max_tokens=config.max_tokens)
+        correct, latencies, tokens = [], [], []
+        for p, prompt in _progress(list(zip(problems, prompts)), f"{PLAIN_VLLM} B={b}", config.progress):
+            out, latency_s = timed(prompt, params)
+            vote = majority_vote([extract_answer(c.text) for c in out.outputs], is_equivalent)
+            correct.append(is_equivalent(vote.answer, p.answer))
+            latencies.append(latency_s)
+            tokens.append(sum(len(c.token_ids) for c in out.outputs))
+        results.append(measured(PLAIN_VLLM, f"B={b}", correct, latencies, tokens, branches=b,
+                                temperature=config.temperature))
+
+    if app.reward is None:
+        vllm_offline.shutdown(llm)
+        return results
+    reward = app.reward
+    prm = vllm_offline.prm_llm(resolve_model_source(reward.model_source), max_model_len=reward.max_model_len,
+                               gpu_memory_utilization=reward.gpu_memory_utilization, **reward.engine_kwargs)
+    max_n = max(config.branches)
+    # Sequential best-of-N at N is the first N samples of a sequential run, so one run of
+    # max(N) samples per problem gives every N: generation time is the sum of the first N
+    # sample times; the PRM scores those N (timed for each N) and the best is kept.
+    per_n: dict[int, tuple[list[bool], list[float], list[int]]] = {n: ([], [], []) for n in config.branches}
+    warm = [tag_steps(reward_prompts[0], split_solution("1 + 1 = 2\n\\boxed{2}"), reward.step_tag)]
+    vllm_offline.score_steps(prm, warm)
+    for p, prompt, reward_prompt in _progress(list(zip(problems, prompts, reward_prompts)), SEQUENTIAL_BON,
+                                              config.progress):
+        texts, times, counts = [], [], []
+        for _ in range(max_n):
+            out, latency_s = timed(prompt, sampled)
+            texts.append(out.outputs[0].text)
+            times.append(latency_s)
+            counts.append(len(out.outputs[0].token_ids))
+        for n in config.branches:
+            inputs = [tag_steps(reward_prompt, split_solution(t, reward.step_separator), reward.step_tag,
+                                reward.step_separator) for t in texts[:n]]
+            started = time.perf_counter()
+            rows = vllm_offline.score_steps(prm, inputs)
+            scores = [aggregate_score(row, reward.aggregate) for row in rows]
+            vote = best_of_n([extract_answer(t) for t in texts[:n]], scores)
+            score_s = time.perf_counter() - started
+            correct, latencies, tokens = per_n[n]
+            correct.append(is_equivalent(vote.answer, p.answer))
+            latencies.append(sum(times[:n]) + score_s)
+            tokens.append(sum(counts[:n]))
+    for n in config.branches:
+        correct, latencies, tokens = per_n[n]
+        results.append(measured(SEQUENTIAL_BON, f"N={n}", correct, latencies, tokens, branches=n,
+                                temperature=config.temperature, aggregate=reward.aggregate))
+    vllm_offline.shutdown(prm)
+    vllm_offline.shutdown(llm)
+    return results
+
+
+# --- peers 4-5: the service -------------------------------------------------------------------
+
+def _service_runs(config: BenchConfig) -> list[tuple[str, str, dict[str, Any]]]:
+    """(system, label, request fields) of every fixed-B service configuration."""
+    runs = [(f"{SERVICE_PREFIX}single", "greedy B=1", {"method": "single", "branches": 1, "temperature": 0.0})]
+    for method in config.service_methods:
+        for b in config.branches:
+            if b == 1:
+                # one branch is the plain sample whatever the merge: measured once, shared by the curves
+                if method == config.service_methods[0]:
+                    runs.append((f"{SERVICE_PREFIX}single", f"T={config.temperature:g} B=1",
+                                 {"method": "single", "branches": 1}))
+                continue
+            runs.append((f"{SERVICE_PREFIX}{method}", f"B={b}", {"method": method, "branches": b}))
+    return runs
+
+
+async def _probe(url: str, request) -> tuple[int | None, str | None]:
+    """Send one request; return its status and error message (None when it succeeded)."""
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        try:
+            response = await client.post(f"{url}{request.path}", json=request.body("1 + 1"),
+                                         timeout=request.request_timeout_s)
+        except httpx.HTTPError as exc:
+            return None, f"{type(exc).__name__}: {exc}"
+    if response.status_code == 200:
+        return 200, None
+    try:
+        message = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = response.text[:300]
+    return response.status_code, message
+
+
+def run_service(problems: Sequence[Problem], config: BenchConfig) -> tuple[list[Measured], dict[str, str]]:
+    """Measure the service's fixed-B configurations and ``branches: auto``; returns the
+    measurements and the skipped systems with their reasons. Starts the app in-process
+    unless ``config.url`` is set (and shuts it down afterwards)."""
+    from tts_ray.eval.runner import EvalRequest, evaluate
+
+    url, started_here = config.url, False
+    if url is None:
+        from tts_ray.serve.local import start_app
+
+        print(f"starting the service from {config.config}...", file=sys.stderr, flush=True)
+        url, started_here = start_app(config.config, quiet=True), True
+    results: list[Measured] = []
+    skipped: dict[str, str] = {}
+    try:
+        base = {"temperature": config.temperature, "max_tokens": config.max_tokens}
+        warm = EvalRequest(**base, method="single", branches=1)
+        if config.warmup:
+            asyncio.run(evaluate(problems[: config.warmup], url, warm, concurrency=1, progress=False))
+        for system, label, fields in _service_runs(config):
+            request = EvalRequest(**{**base, **fields})
+            rows, _ = asyncio.run(evaluate(problems, url, request, concurrency=1, progress=config.progress,
+                                           desc=f"{system} {label}"))
+            results.append(_from_rows(system, label, rows, request))
+        auto = EvalRequest(**base, branches="auto", latency_budget_s=config.auto_budget_s)
+        status, message = asyncio.run(_probe(url, auto))
+        if status != 200:
+            skipped[SERVICE_AUTO] = f"router answered {status} to tts.branches='auto': {message}"
+        else:
+            rows, _ = asyncio.run(evaluate(problems, url, auto, concurrency=1, progress=config.progress,
+                                           desc=SERVICE_AUTO))
+            results.append(_from_rows(SERVICE_AUTO, "branches=auto", rows, auto))
+    finally:
+        if started_here:
+            import ray
+            from ray import serve
+
+            serve.shutdown()
+            ray.shutdown()
+    return results, skipped
+
+
+def _from_rows(system: str, label: str, rows, request) -> Measured:
+    branches = [r.num_branches for r in rows if r.num_branches is not None]
+    return measured(system, label, [r.correct for r in rows], [r.latency_s for r in rows],
+                    [r.tokens for r in rows if r.tokens is not None],
+                    num_errors=sum(r.status != 200 for r in rows),
+                    **request.tts_options(), temperature=request.temperature,
+                    mean_branches_run=sum(branches) / len(branches) if branches else None)
+
+
+# --- the figures ---------------------------------------------------------------------------
+
+def _find(results: Sequence[Measured], system: str, label: str) -> Measured | None:
+    return next((m for m in results if m.system == system and m.label == label), None)
+
+
+def figures(results: Sequence[Measured], config: BenchConfig) -> dict[str, Any]:
+    """The headline ratios from the measurements (None where a needed system is missing).
+
+    - ``router_overhead_ratio``: service greedy B=1 over in-process vLLM greedy, same prompts
+      (greedy makes both produce the same tokens, so the ratio is the serving overhead);
+    - ``branch16_over_branch1_latency``: the service's first method at B=16 over its B=1
+      (both at the sampling temperature);
+    - ``speedup_vs_sequential_best_of_n``: sequential best-of-N at its largest N over the
+      fastest service configuration at least as accurate;
+    - ``dominates_peers``: at every peer point's latency, the service's best accuracy within
+      that latency is at least the peer's (violations listed in ``dominance``).
+    """
+    service = [m for m in results if m.system.startswith(SERVICE_PREFIX)]
+    peers: dict[str, list[CurvePoint]] = {}
+    for m in results:
+        if not m.system.startswith(SERVICE_PREFIX):
+            peers.setdefault(m.system, []).append(m.point())
+    out: dict[str, Any] = {}
+
+    ours, theirs = (_find(results, f"{SERVICE_PREFIX}single", "greedy B=1"), _find(results, ONE_SAMPLE, "greedy"))
+    out["router_overhead_ratio"] = ours.latency_mean_s / theirs.latency_mean_s if ours and theirs else None
+    sampled_ours = _find(results, f"{SERVICE_PREFIX}single", f"T={config.temperature:g} B=1")
+    sampled_theirs = _find(results, PLAIN_VLLM, "B=1")
+    out["router_overhead_ratio_sampled"] = (sampled_ours.latency_mean_s / sampled_theirs.latency_mean_s
+                                            if sampled_ours and sampled_theirs else None)
+
+    b16 = _find(results, f"{SERVICE_PREFIX}{config.service_methods[0]}", "B=16")
+    out["branch16_over_branch1_latency"] = (b16.latency_mean_s / sampled_ours.latency_mean_s
+                                            if b16 and sampled_ours else None)
+    out["branch16_over_branch1_latency_by_method"] = {
+        method: (m.latency_mean_s / sampled_ours.latency_mean_s)
+        for method in config.service_methods
+        if sampled_ours and (m := _find(results, f"{SERVICE_PREFIX}{method}", "B=16"))}
+
+    speedups = {}
+    for m in (r for r in results if r.system == SEQUENTIAL_BON):
+        faster = [s for s in service if s.accuracy >= m.accuracy]
+        best = min(faster, key=lambda s: s.latency_mean_s) if faster else None
+        speedups[m.label] = {
+            "sequential_accuracy": m.accuracy, "sequential_latency_s": m.latency_mean_s,
+            "service_config": f"{best.system} {best.label}" if best else None,
+            "service_accuracy": best.accuracy if best else None,
+            "service_latency_s": best.latency_mean_s if best else None,
+            "speedup": m.latency_mean_s / best.latency_mean_s if best else None}
+    largest = f"N={max(config.branches)}"
+    out["speedup_vs_sequential_best_of_n"] = speedups.get(largest, {}).get("speedup")
+    out["speedup_vs_sequential_best_of_n_by_n"] = speedups
+
+    if service and peers:
+        violations = dominance_violations([m.point() for m in service], peers)
+        fastest = min(m.latency_mean_s for m in service)
+        out["dominates_peers"] = not violations
+        out["dominance"] = {
+            "violations": violations,
+            # Below the service's fastest configuration it has no point at all: the serving
+            # overhead alone decides there. Above it, the curves compare like for like.
+            "dominates_above_service_min_latency": not [v for v in violations if v["latency_s"] >= fastest],
+            "service_min_latency_s": fastest}
+    else:
+        out["dominates_peers"] = None
+    return out
+
+
+def run_bench(config: BenchConfig, command: str = "tts-ray bench") -> dict[str, Any]:
+    """Measure every system, write ``bench.json`` and ``bench.png`` into ``config.out_dir``,
+    print the headline figures, and return the JSON document.
+
+    Raises:
+        DatasetError / DatasetNotFoundError: the dataset cannot be loaded.
+    """
+    problems = load_dataset(config.dataset, limit=config.limit).problems
+    started = time.perf_counter()
+    results: list[Measured] = []
+    timings: dict[str, float] = {}
+    if not config.skip_peers:
+        phase = time.perf_counter()
+        results += run_offline_peers(problems, config)
+        timings["peers_s"] = time.perf_counter() - phase
+    phase = time.perf_counter()
+    service_results, skipped = run_service(problems, config)
+    results += service_results
+    timings["service_s"] = time.perf_counter() - phase
+    timings["total_s"] = time.perf_counter() - started
+
+    curves: dict[str, list[Measured]] = {}
+    for m in results:
+        curves.setdefault(m.system, []).append(m)
+    # the B=1 sample belongs on every fixed-B service curve
+    single = _find(results, f"{SERVICE_PREFIX}single", f"T={config.temperature:g} B=1")
+    plotted = {system: [m.point() for m in ms] for system, ms in curves.items()}
+    for method in config.service_methods:
+        if single and f"{SERVICE_PREFIX}{method}" in plotted:
+            plotted[f"{SERVICE_PREFIX}{method}"].insert(0, single.point())
+
+    document = {
+        **figures(results, config),
+        "num_problems": len(problems),
+        "dataset": config.dataset,
+        "latency": "mean per-problem wall time, one request at a time, same problems for every system",
+        "curves": {system: [m.model_dump() for m in ms] for system, ms in curves.items()},
+        "skipped": skipped,
+        "config": json.loads(config.model_dump_json()),
+        "timings_s": timings,
+        "command": command,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}",
+    }
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    (config.out_dir / "bench.json").write_text(json.dumps(document, indent=2) + "\n")
+    plot_curves(plotted, config.out_dir / "bench.png",
+                title=f"{config.dataset}, {len(problems)} problems: accuracy against latency")
+    headline = {k: document[k] for k in ("router_overhead_ratio", "branch16_over_branch1_latency",
+                                          "speedup_vs_sequential_best_of_n", "dominates_peers", "skipped")}
+    print(json.dumps(headline, indent=2))
+    print(f"wrote {config.out_dir / 'bench.json'} and {config.out_dir / 'bench.png'}", file=sys.stderr)
+    return document
