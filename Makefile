@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 
-.PHONY: setup test test-unit demo bench-testbed train-testbed clean
+.PHONY: setup test test-unit demo bench bench-testbed train-testbed clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test-unit:
 
 demo:
 	$(PY) -m tts_ray.demo
+
+# tts_ray against its peers on the same problems: bench/results/bench.json and bench.png
+# (BENCH_ARGS e.g. "--limit 10 --branches 1,4,16" for a quick run)
+bench:
+	$(PY) -m tts_ray.cli bench --out-dir bench/results $(BENCH_ARGS)
 
 bench-testbed:
 	$(PY) -m tts_ray.cli testbed bench --out bench/results/testbed.json
