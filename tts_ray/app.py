@@ -13,6 +13,7 @@ def build_app(args: dict[str, Any]):
     Raises:
         pydantic.ValidationError: invalid config.
     """
+    from tts_ray.serve.budget import build_budget
     from tts_ray.serve.generator import build_generator
     from tts_ray.serve.reward import build_reward
     from tts_ray.serve.router import Router
@@ -21,4 +22,4 @@ def build_app(args: dict[str, Any]):
     generators = [build_generator(pool) for pool in config.generators]
     reward = build_reward(config.reward) if config.reward is not None else None
     return Router.options(num_replicas=config.router.num_replicas).bind(
-        config.model_dump(), generators, reward)
+        config.model_dump(), generators, build_budget(config), reward)

@@ -37,6 +37,58 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _planner_records(dataset: str, limit: int | None) -> list[dict]:
+    """Problems for profiling/calibration: ``arith-valid`` (ARITH's validation split, the
+    default: never the benchmark's test set), ``arith500``, or a JSONL file with ``problem``
+    and ``answer`` fields."""
+    if dataset == "arith-valid":
+        from tts_ray.testbed.train import validation_problems
+
+        return validation_problems(limit or 200)
+    if dataset == "arith500":
+        from tts_ray.testbed.arith import arith500
+
+        records = arith500()
+    else:
+        path = Path(dataset)
+        if not path.is_file():
+            raise SystemExit(f"dataset {dataset!r} is neither arith-valid, arith500 nor a JSONL file")
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return records[:limit] if limit else records
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from tts_ray.config import load_app_config
+    from tts_ray.planner.profiler import profile_pools
+
+    config = load_app_config(args.config)
+    problems = [r["problem"] for r in _planner_records(args.dataset, 64)]
+    profile = profile_pools(config, problems, concurrency=args.concurrency, draft_lengths=args.draft_lengths,
+                            num_tokens=args.tokens, command=args.command_line)
+    print(f"wrote {profile.save(args.out)}")
+    for name, pool in profile.pools.items():
+        for curve in pool.curves:
+            print(f"{name} k={curve.num_speculative_tokens}: flat (<=10% slower) up to "
+                  f"{curve.flat_until(0.10)} sequences; tokens/step {curve.tokens_per_step:.2f}")
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from tts_ray.config import load_app_config
+    from tts_ray.planner.calibrate import calibrate
+
+    config = load_app_config(args.config)
+    records = _planner_records(args.dataset, args.limit)
+    calibration = calibrate(config, records, dataset=args.dataset, samples=args.samples,
+                            command=args.command_line)
+    print(f"wrote {calibration.save(args.out)}")
+    return 0
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from tts_ray.serve.local import serve_forever
 
@@ -53,6 +105,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=None, help="override http_options.host")
     p.add_argument("--port", type=int, default=None, help="override http_options.port")
     p.set_defaults(func=_cmd_serve)
+
+    from tts_ray.planner.profiler import DEFAULT_CONCURRENCY, DEFAULT_DRAFT_LENGTHS
+
+    p = verbs.add_parser("profile", help="measure decode speed per pool against concurrency and draft length")
+    p.add_argument("--config", type=Path, default=Path("deployments/local.yaml"))
+    p.add_argument("--out", type=Path, required=True, help="profile file to write (JSON)")
+    p.add_argument("--concurrency", type=_int_list, default=list(DEFAULT_CONCURRENCY),
+                   help="comma-separated concurrent sequences")
+    p.add_argument("--draft-lengths", type=_int_list, default=list(DEFAULT_DRAFT_LENGTHS),
+                   help="comma-separated draft lengths k to try on pools with a draft model")
+    p.add_argument("--tokens", type=int, default=64, help="tokens decoded per measurement")
+    p.add_argument("--dataset", default="arith-valid", help="where the prompts come from")
+    p.set_defaults(func=_cmd_profile)
+
+    p = verbs.add_parser("calibrate", help="measure expected accuracy per (method, branches) on a dataset")
+    p.add_argument("--config", type=Path, default=Path("deployments/local.yaml"))
+    p.add_argument("--out", type=Path, required=True, help="calibration file to write (JSON)")
+    p.add_argument("--dataset", default="arith-valid", help="arith-valid, arith500 or a JSONL path")
+    p.add_argument("--limit", type=int, default=200, help="problems used")
+    p.add_argument("--samples", type=int, default=32, help="samples per problem (largest B calibrated)")
+    p.set_defaults(func=_cmd_calibrate)
 
     testbed = verbs.add_parser("testbed", help="the ARITH testbed: data, training, benchmark")
     tb = testbed.add_subparsers(dest="testbed_verb", required=True)

@@ -42,6 +42,18 @@ def resolve_model_source(source: str) -> str:
     return source
 
 
+def resolve_data_source(source: str | None) -> Path | None:
+    """Map ``testbed:NAME`` to the bundled planner file ``NAME.json`` (speed profile or
+    calibration of the testbed); return any other source as a path; None stays None."""
+    if source is None:
+        return None
+    if source.startswith(TESTBED_PREFIX):
+        from tts_ray.constants import TESTBED_PLANNER_DIR
+
+        return TESTBED_PLANNER_DIR / f"{source.removeprefix(TESTBED_PREFIX)}.json"
+    return Path(source)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -104,6 +116,11 @@ class GeneratorPoolConfig(_Strict):
     accelerator_type: str | None = Field(
         None, description="Ray accelerator type (e.g. H100); None runs on CPU.")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallelism (GPUs per replica).")
+    placement_strategy: Literal["PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"] | None = Field(
+        None, description="Ray placement-group strategy of a replica's engine workers (one bundle per "
+                          "tensor-parallel rank): STRICT_PACK keeps them on one node (one pod on "
+                          "Kubernetes), so tensor parallelism stays on NVLink; None keeps "
+                          "ray.serve.llm's default (PACK: one node if it fits, else spread).")
     max_model_len: int = Field(MAX_MODEL_LEN, ge=16, description="Context length of the engine.")
     gpu_memory_utilization: float = Field(CPU_GPU_MEMORY_UTILIZATION, gt=0, le=1,
                                           description="vLLM memory share (KV cache size on GPU).")
@@ -158,6 +175,25 @@ class RouterConfig(_Strict):
     beam_width: int = Field(4, ge=1, description="Beam search / DVTS: candidates kept per beam.")
     max_search_steps: int = Field(12, ge=1, description="Beam search / DVTS: most step expansions.")
     num_replicas: int = Field(1, ge=1, description="Router replicas.")
+    profile_source: str | None = Field(
+        None, description="Speed profile from `tts-ray profile` (path or testbed:NAME); None: "
+                          "no latency predictions, so no auto planning by latency and no 429.")
+    calibration_source: str | None = Field(
+        None, description="Accuracy calibration from `tts-ray calibrate` (path or testbed:NAME).")
+    merge_margin_s: float = Field(
+        0.1, ge=0, description="Time kept before the deadline to merge and answer: branches still "
+                               "running then are stopped and merged as they are.")
+    score_reserve_s: float = Field(
+        0.3, ge=0, description="Time kept for PRM scoring before the merge margin when the profile "
+                               "has no scoring curve.")
+    early_stop: bool = Field(False, description="Default for tts.early_stop: sample in windows and "
+                                                "stop once the vote is settled.")
+    early_stop_window: int = Field(4, ge=1, description="Branches per early-stopping window.")
+    early_stop_confidence: float = Field(
+        0.95, gt=0.5, lt=1, description="Posterior probability that the leading answer stays ahead "
+                                        "at which sampling stops.")
+    speed_ewma_alpha: float = Field(0.2, gt=0, le=1, description="Weight of each finished branch in "
+                                                                 "the live speed correction.")
 
     @model_validator(mode="after")
     def _defaults_within_limits(self) -> RouterConfig:

@@ -13,6 +13,8 @@ TESTBED_MODELS_DIR = PACKAGE_DIR / "testbed" / "models"
 TARGET_MODEL_NAME = "arith-target"
 DRAFT_MODEL_NAME = "arith-draft"
 PRM_MODEL_NAME = "arith-prm"
+# The testbed's speed profile and accuracy calibration (what the planner reads), also packaged.
+TESTBED_PLANNER_DIR = PACKAGE_DIR / "testbed" / "planner"
 
 # Shared, read-only material beside the checkout (never copied into the repo).
 SHARED_DIR = Path(os.environ.get("TTS_RAY_SHARED_DIR", REPO_DIR.parent / "shared"))

@@ -1,6 +1,6 @@
 """The small protocol TTS methods program against: a generator of branches and a step scorer.
 
-The serving layer implements it over Ray Serve handles (``tts_ray.serve.clients``); anything
+The serving layer implements it over Ray Serve handles (``tts_ray.serve.router``); anything
 else that can sample a continuation and score steps can stand in.
 """
 
@@ -17,11 +17,13 @@ class Completion:
     Attributes:
         text: the generated text (stop strings excluded).
         num_tokens: generated tokens.
-        finish_reason: "stop" (EOS or a stop string), "length", or "abort".
+        finish_reason: "stop" (EOS or a stop string), "length", or "deadline" (stopped at
+            ``deadline_s`` with the text generated so far).
         stop_reason: the stop string that ended it, if any.
         replica: which generator replica produced it.
         spec_accepted_tokens: draft tokens the target accepted (None without speculation).
         spec_verify_steps: target verification steps taken (None without speculation).
+        elapsed_s: wall time of the request as the caller saw it.
     """
 
     text: str
@@ -31,13 +33,17 @@ class Completion:
     replica: str | None = None
     spec_accepted_tokens: int | None = None
     spec_verify_steps: int | None = None
+    elapsed_s: float | None = None
 
 
 class Generator(Protocol):
-    """Samples one continuation of ``prompt``; each call is its own engine request."""
+    """Samples one continuation of ``prompt``; each call is its own engine request. At
+    ``deadline_s`` (a ``time.time()`` instant) the branch stops and returns what it has;
+    cancelling the call aborts the engine request."""
 
     async def generate(self, prompt: str, *, max_tokens: int, temperature: float,
-                       stop: list[str] | None = None, add_special_tokens: bool = True) -> Completion:
+                       stop: list[str] | None = None, add_special_tokens: bool = True,
+                       deadline_s: float | None = None) -> Completion:
         ...
 
 

@@ -3,6 +3,9 @@ method that runs a single branch and says which replica ran it."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
 from typing import Any
 
 from ray import serve
@@ -17,36 +20,92 @@ class GeneratorServer(LLMServer):
     Everything else (OpenAI chat/completions, health, engine lifecycle) is ray.serve.llm's.
     """
 
-    async def generate_branch(self, request: Any) -> dict[str, Any]:
-        """Run one non-streaming completion request (n=1) and summarise it.
+    async def generate_branch(self, request: Any, deadline_unix_s: float | None = None) -> dict[str, Any]:
+        """Run one completion request (n=1) and summarise it.
+
+        The request is streamed inside the replica so that at ``deadline_unix_s`` (a
+        ``time.time()`` instant) the branch can stop where it is: the engine request is
+        aborted and the partial text comes back with ``finish_reason="deadline"``. A caller
+        that cancels this call aborts the engine request the same way.
 
         Returns ``{"text", "num_tokens", "finish_reason", "stop_reason", "replica",
         "spec_accepted_tokens", "spec_verify_steps"}``; the last two come from vLLM's
-        per-request speculative-decoding metrics and are None without speculation.
+        per-request speculative-decoding metrics (None without speculation or when stopped).
 
         Raises:
             RuntimeError: the engine answered with an error.
         """
         replica = serve.get_replica_context().replica_id.unique_id
-        stream = await self.completions(request)
-        response = None
-        async for response in stream:
+        request.stream = True
+        request.stream_options = {"include_usage": True, "continuous_usage_stats": True}
+        stream = (await self.completions(request)).__aiter__()
+        texts: list[str] = []
+        result: dict[str, Any] = {"num_tokens": 0, "finish_reason": None, "stop_reason": None,
+                                  "spec_accepted_tokens": None, "spec_verify_steps": None}
+        try:
+            while True:
+                timeout_s = None if deadline_unix_s is None else deadline_unix_s - time.time()
+                if timeout_s is not None and timeout_s <= 0:
+                    result["finish_reason"] = "deadline"
+                    break
+                try:
+                    # On timeout wait_for cancels the pending read, which aborts the engine request.
+                    item = await asyncio.wait_for(stream.__anext__(), timeout_s)
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    result["finish_reason"] = "deadline"
+                    break
+                for event in item if isinstance(item, list) else [item]:
+                    _apply_event(event, texts, result)
+        finally:
+            await _close(stream)
+        return {**result, "text": "".join(texts), "replica": replica}
+
+    async def num_unfinished_requests(self) -> int:
+        """Requests the engine holds (waiting or running): 0 once every branch has ended."""
+        client = getattr(self.engine, "_engine_client", None)
+        return client.get_num_unfinished_requests() if client is not None else 0
+
+
+def _apply_event(event: Any, texts: list[str], result: dict[str, Any]) -> None:
+    """Fold one streamed event (an SSE ``data: {...}`` string or an error object) into the
+    branch's text and summary.
+
+    Raises:
+        RuntimeError: the event is an engine error.
+    """
+    if not isinstance(event, str):
+        message = getattr(getattr(event, "error", None), "message", None) or repr(event)
+        raise RuntimeError(f"generator error: {message}")
+    payload = event.strip().removeprefix("data:").strip()
+    if not payload or payload == "[DONE]":
+        return
+    data = json.loads(payload)
+    if "error" in data and "choices" not in data:
+        raise RuntimeError(f"generator error: {data['error']}")
+    for choice in data.get("choices") or []:
+        texts.append(choice.get("text") or "")
+        if choice.get("finish_reason"):
+            result["finish_reason"] = choice["finish_reason"]
+        if isinstance(choice.get("stop_reason"), str):
+            result["stop_reason"] = choice["stop_reason"]
+    usage = data.get("usage")
+    if usage:
+        result["num_tokens"] = usage.get("completion_tokens", result["num_tokens"])
+    spec = (data.get("metrics") or {}).get("speculative_decoding")
+    if spec:
+        result["spec_accepted_tokens"] = spec.get("num_accepted_draft_tokens")
+        result["spec_verify_steps"] = spec.get("num_spec_steps")
+
+
+async def _close(stream: Any) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except RuntimeError:  # already closed or running: nothing left to abort
             pass
-        if response is None or not hasattr(response, "choices"):
-            message = getattr(getattr(response, "error", None), "message", None) or repr(response)
-            raise RuntimeError(f"generator error: {message}")
-        choice = response.choices[0]
-        usage = response.usage
-        spec = getattr(getattr(response, "metrics", None), "speculative_decoding", None)
-        return {
-            "spec_accepted_tokens": spec.num_accepted_draft_tokens if spec else None,
-            "spec_verify_steps": spec.num_spec_steps if spec else None,
-            "text": choice.text,
-            "num_tokens": usage.completion_tokens if usage else 0,
-            "finish_reason": choice.finish_reason,
-            "stop_reason": choice.stop_reason if isinstance(choice.stop_reason, str) else None,
-            "replica": replica,
-        }
 
 
 def llm_config(pool: GeneratorPoolConfig) -> LLMConfig:
@@ -68,11 +127,19 @@ def llm_config(pool: GeneratorPoolConfig) -> LLMConfig:
     else:
         deployment_config["num_replicas"] = pool.num_replicas
     kwargs: dict[str, Any] = {}
+    placement: dict[str, Any] | None = None
     if pool.accelerator_type is None:
         # CPU: one CPU bundle per engine worker, so ray.serve.llm does not ask for a GPU.
-        kwargs["placement_group_config"] = {"bundles": [{"CPU": 1}] * pool.tensor_parallel_size}
+        placement = {"bundles": [{"CPU": 1}] * pool.tensor_parallel_size}
     else:
         kwargs["accelerator_type"] = pool.accelerator_type
+        if pool.placement_strategy is not None:
+            # ray.serve.llm's own GPU bundles (one GPU per rank), only with another strategy.
+            placement = {"bundle_per_worker": {"GPU": 1}}
+    if placement is not None:
+        if pool.placement_strategy is not None:
+            placement["strategy"] = pool.placement_strategy
+        kwargs["placement_group_config"] = placement
     return LLMConfig(
         model_loading_config={"model_id": pool.model_id,
                               "model_source": resolve_model_source(pool.model_source)},

@@ -3,7 +3,7 @@ OpenAI-style error bodies."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
@@ -28,8 +28,12 @@ class TTSOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    method: MethodName | None = Field(None, description="TTS method; default from the router config.")
-    branches: int | None = Field(None, ge=1, description="Parallel branches; default from config.")
+    method: MethodName | Literal["auto"] | None = Field(
+        None, description="TTS method; \"auto\" lets the planner choose; default from the router config.")
+    branches: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+        None, description="Parallel branches; \"auto\" lets the planner choose; default from config.")
+    early_stop: StrictBool | None = Field(
+        None, description="Sample in windows and stop once the vote is settled (sampling methods).")
     latency_budget_s: float | None = Field(None, gt=0, description="Wall-clock budget for the answer.")
     seed: int | None = Field(None, ge=0, description="Base sampling seed (branch i uses seed + i).")
 

@@ -1,0 +1,140 @@
+"""The planner on synthetic profiles: pool (k) choice, branch growth, budgets, 429, fairness."""
+
+import pytest
+
+from tts_ray.planner.calibration import Calibration, ModelCalibration
+from tts_ray.planner.latency import LatencyModel, PoolLoad
+from tts_ray.planner.planner import Infeasible, Planner, PlanRequest
+from tts_ray.planner.profile import ClusterProfile, PoolProfile, SpeedCurve
+
+CONCURRENCY = [1, 2, 4, 8, 16, 32, 64]
+
+
+def curve(k, spt_ms, tokens_per_step=1.0, prefill_s=0.01):
+    return SpeedCurve(num_speculative_tokens=k, concurrency=CONCURRENCY,
+                      seconds_per_token=[s / 1000 for s in spt_ms], tokens_per_step=tokens_per_step,
+                      prefill_s=prefill_s)
+
+
+# Memory-bound until 16 sequences, then compute-bound (the paper's shape).
+FLAT_THEN_STEEP = [10, 10, 10, 10.2, 10.5, 20, 40]
+# Speculation: 3x faster alone, but its extra compute makes it slower from 16 sequences on.
+SPEC_PAYS_SMALL = [3.3, 3.4, 3.6, 5, 12, 30, 70]
+SPEC_NEVER_PAYS = [12, 12, 12, 12.5, 13, 25, 50]
+
+
+def setup(spec_ms, lengths=(100,), accuracy=None):
+    profile = ClusterProfile(device="synthetic", pools={
+        "spec": PoolProfile(model_id="m", num_speculative_tokens=4, curves=[curve(4, spec_ms, 3.0)]),
+        "plain": PoolProfile(model_id="m", num_speculative_tokens=0, curves=[curve(0, FLAT_THEN_STEEP)]),
+    })
+    accuracy = accuracy or {"majority": [0.4 + 0.35 * (1 - 0.8 ** b) for b in range(1, 33)],
+                            "single": [0.4]}
+    calibration = Calibration(dataset="synthetic", problems=1, samples_per_problem=32, temperature=0.7,
+                              models={"m": ModelCalibration(accuracy=accuracy, lengths=list(lengths),
+                                                            max_tokens=200)})
+    planner = Planner(LatencyModel(profile, calibration, merge_margin_s=0.05))
+    loads = {"spec": PoolLoad("m", 4, replicas=1, slots_per_replica=64),
+             "plain": PoolLoad("m", 0, replicas=1, slots_per_replica=64)}
+    return planner, loads
+
+
+def request(budget_s, **kw):
+    kw.setdefault("scored_available", False)
+    return PlanRequest(budget_s=budget_s, max_tokens=200, **kw)
+
+
+def test_picks_k0_when_speculation_does_not_pay():
+    planner, loads = setup(SPEC_NEVER_PAYS)
+    plan = planner.plan(request(5.0, method="majority", branches=4), loads)
+    assert plan.pool == "plain" and plan.num_speculative_tokens == 0
+
+
+def test_picks_speculation_for_few_branches_and_k0_for_many():
+    planner, loads = setup(SPEC_PAYS_SMALL)
+    few = planner.plan(request(5.0, method="majority", branches=1), loads)
+    many = planner.plan(request(5.0, method="majority", branches=32), loads)
+    assert few.pool == "spec"
+    assert many.pool == "plain"
+
+
+def test_grows_branches_while_the_curve_is_flat_and_stops_where_it_turns():
+    planner, loads = setup(SPEC_NEVER_PAYS)
+    # 16 branches: 10 ms prefill + 100 tokens x 10.5 ms + 50 ms merge = 1.11 s; the 17th
+    # sequence is past the knee (1.17 s).
+    plan = planner.plan(request(1.12, method="majority"), loads)
+    assert plan.num_branches == 16
+    assert plan.predicted_s <= 1.12
+    loose = planner.plan(request(3.0, method="majority"), loads)
+    assert loose.num_branches > 16
+
+
+def test_respects_every_budget_and_spends_more_as_budgets_loosen():
+    planner, loads = setup(SPEC_PAYS_SMALL)
+    chosen = []
+    for budget_s in (0.5, 1.0, 1.5, 2.5, 5.0):
+        plan = planner.plan(request(budget_s), loads)
+        assert plan.predicted_s <= budget_s
+        chosen.append(plan.expected_accuracy)
+    assert chosen == sorted(chosen)
+    assert chosen[-1] > chosen[0]
+
+
+def test_infeasible_budget_raises_with_a_retry_hint():
+    planner, loads = setup(SPEC_PAYS_SMALL)
+    with pytest.raises(Infeasible) as info:
+        planner.plan(request(0.2), loads)  # one branch needs ~0.36 s
+    assert info.value.retry_after_s >= 1
+    assert info.value.predicted_s > 0.2
+    # A fixed B > 1 that does not fit is still run (the deadline merges what finished) as
+    # long as one branch would fit.
+    plan = planner.plan(request(0.5, method="majority", branches=64), loads)
+    assert plan.num_branches == 64 and plan.predicted_s > 0.5
+
+
+def test_load_on_a_pool_shrinks_the_plan():
+    planner, loads = setup(SPEC_NEVER_PAYS)
+    idle = planner.plan(request(3.0, method="majority"), loads)
+    for load in loads.values():
+        load.inflight_branches, load.active_requests = 40, 4
+    busy = planner.plan(request(3.0, method="majority"), loads)
+    assert busy.num_branches < idle.num_branches
+
+
+def test_a_full_pool_is_shared_equally_among_its_requests():
+    planner, loads = setup(SPEC_NEVER_PAYS)
+    for load in loads.values():
+        load.inflight_branches, load.active_requests = 64, 4
+    # The budget is loose enough that latency does not bind: the fair share (64 slots among
+    # 5 requests) does.
+    plan = planner.plan(request(10.0, method="majority"), loads)
+    assert plan.num_branches == 64 // 5 == plan.fair_share
+
+
+def test_auto_method_uses_the_calibration_and_scored_methods_only_with_a_reward_model():
+    accuracy = {"majority": [0.4, 0.5, 0.55, 0.6], "weighted_majority": [0.4, 0.6, 0.7, 0.8],
+                "best_of_n": [0.4, 0.55, 0.6, 0.65], "single": [0.4]}
+    planner, loads = setup(SPEC_NEVER_PAYS, accuracy=accuracy)
+    no_reward = planner.plan(request(5.0), loads)
+    assert no_reward.method == "majority"
+    with_reward = planner.plan(request(5.0, scored_available=True), loads)
+    assert with_reward.method == "weighted_majority"
+    assert with_reward.expected_accuracy == pytest.approx(0.8)
+
+
+def test_model_filter_and_unknown_model():
+    planner, loads = setup(SPEC_NEVER_PAYS)
+    loads["small"] = PoolLoad("tiny", 0, replicas=1, slots_per_replica=8)
+    plan = planner.plan(request(5.0, model_id="m"), loads)
+    assert plan.model_id == "m"
+    with pytest.raises(ValueError):
+        planner.plan(request(5.0, model_id="nope"), loads)
+
+
+def test_without_a_profile_the_defaults_run_on_the_least_loaded_pool():
+    planner = Planner(None)
+    loads = {"a": PoolLoad("m", 4, replicas=1, slots_per_replica=8, inflight_branches=5),
+             "b": PoolLoad("m", 0, replicas=1, slots_per_replica=8, inflight_branches=1)}
+    plan = planner.plan(PlanRequest(budget_s=0.01, max_tokens=10, default_method="majority",
+                                    default_branches=8), loads)
+    assert (plan.pool, plan.method, plan.num_branches, plan.predicted_s) == ("b", "majority", 8, None)

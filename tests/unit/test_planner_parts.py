@@ -1,0 +1,113 @@
+"""Pure parts of the planner: speed curves, calibration math, early stopping, the keeper."""
+
+import pytest
+from pydantic import ValidationError
+
+from tts_ray.config import AppConfig
+from tts_ray.planner.calibration import ModelCalibration, accuracy_curves
+from tts_ray.planner.early_stop import EarlyStopRule, prob_leader_ahead
+from tts_ray.planner.keeper import BranchObservation, BudgetKeeper
+from tts_ray.planner.planner import PlanRequest
+from tts_ray.planner.profile import ClusterProfile, PoolProfile, SpeedCurve
+
+
+def test_speed_curve_interpolates_and_extrapolates_upwards():
+    c = SpeedCurve(num_speculative_tokens=0, concurrency=[1, 4, 16], seconds_per_token=[0.01, 0.01, 0.02])
+    assert c.seconds_per_token_at(0.5) == 0.01
+    assert c.seconds_per_token_at(10) == pytest.approx(0.015)
+    assert c.seconds_per_token_at(32) > 0.02
+    assert c.flat_until(0.10) == 4
+
+
+def test_speed_curve_rejects_bad_shapes():
+    with pytest.raises(ValidationError):
+        SpeedCurve(num_speculative_tokens=0, concurrency=[4, 1], seconds_per_token=[0.01, 0.01])
+    with pytest.raises(ValidationError):
+        SpeedCurve(num_speculative_tokens=0, concurrency=[1, 2], seconds_per_token=[0.01])
+
+
+def test_profile_round_trip(tmp_path):
+    profile = ClusterProfile(device="x", pools={"p": PoolProfile(model_id="m", curves=[
+        SpeedCurve(num_speculative_tokens=0, concurrency=[1], seconds_per_token=[0.01])])})
+    assert ClusterProfile.load(profile.save(tmp_path / "p.json")) == profile
+    with pytest.raises(KeyError):
+        profile.pools["p"].curve(4)
+
+
+def test_accuracy_curves_from_samples():
+    problems = [
+        # right answer is the majority: majority accuracy rises with B
+        {"answers": ["1", "1", "1", "2", "3"], "correct": [True, True, True, False, False],
+         "scores": [0.9, 0.8, 0.7, 0.1, 0.2]},
+        # right answer is a minority but scores well: weighted vote and best-of-n find it
+        {"answers": ["5", "7", "7", "7", None], "correct": [True, False, False, False, False],
+         "scores": [0.99, 0.1, 0.1, 0.1, 0.0]},
+    ]
+    curves = accuracy_curves(problems, seed=1)
+    assert set(curves) == {"single", "majority", "weighted_majority", "best_of_n"}
+    assert curves["single"][0] == pytest.approx(curves["majority"][0])
+    assert curves["majority"][0] == pytest.approx((3 / 5 + 1 / 5) / 2, abs=0.08)
+    assert curves["majority"][-1] == 0.5  # all 5 samples: problem 1 right, problem 2 wrong
+    assert curves["best_of_n"][-1] == 1.0
+    with pytest.raises(ValueError):
+        accuracy_curves([])
+    with pytest.raises(ValueError):
+        accuracy_curves([problems[0], {"answers": ["1"], "correct": [True], "scores": [1.0]}])
+
+
+def test_expected_max_length_grows_with_branches_and_is_capped():
+    cal = ModelCalibration(accuracy={"majority": [0.5]}, lengths=[10, 20, 30, 40], max_tokens=100)
+    assert cal.expected_max_length(1, 100) == pytest.approx(25)
+    assert cal.expected_max_length(4, 100) > cal.expected_max_length(2, 100) > 25
+    assert cal.expected_max_length(64, 100) == pytest.approx(40, abs=0.01)
+    assert cal.expected_max_length(8, 15) <= 15
+    assert cal.expected_accuracy("majority", 16) == 0.5  # flat beyond the calibrated range
+    assert cal.expected_accuracy("dvts", 4) is None
+
+
+def test_early_stop_rule():
+    assert prob_leader_ahead(4, 0) == pytest.approx(31 / 32)
+    assert prob_leader_ahead(3, 1) == pytest.approx(26 / 32)
+    rule = EarlyStopRule(window=4, confidence=0.95)
+    assert rule.settled(["7", "7", "7", "7"])
+    assert not rule.settled(["7", "7", "7", "8"])
+    assert not rule.settled([None, None])
+    assert rule.settled(["7"] * 7 + ["8"] * 1)
+    with pytest.raises(ValueError):
+        EarlyStopRule(window=0)
+
+
+def _keeper(profile=True):
+    config = AppConfig.model_validate({"generators": [
+        {"name": "a", "model_id": "m", "model_source": "x", "num_replicas": 2, "max_ongoing_requests": 8}]})
+    prof = ClusterProfile(device="x", pools={"a": PoolProfile(model_id="m", curves=[
+        SpeedCurve(num_speculative_tokens=0, concurrency=[1, 64], seconds_per_token=[0.01, 0.01],
+                   prefill_s=0.0)])}) if profile else None
+    return BudgetKeeper(config, prof, None, ewma_alpha=0.5)
+
+
+def test_keeper_reserves_and_releases_branches():
+    keeper = _keeper()
+    plan = keeper.admit("r1", PlanRequest(budget_s=10, max_tokens=100, method="majority", branches=6))
+    assert plan.pool == "a" and plan.num_branches == 6
+    assert keeper.status()["pools"]["a"]["inflight_branches"] == 6
+    keeper.admit("r2", PlanRequest(budget_s=10, max_tokens=100, method="majority", branches=2))
+    assert keeper.status()["pools"]["a"]["active_requests"] == 2
+    keeper.release("r1")
+    keeper.release("r1")  # a repeated release changes nothing
+    status = keeper.status()["pools"]["a"]
+    assert (status["inflight_branches"], status["active_requests"]) == (2, 1)
+
+
+def test_keeper_learns_the_live_speed_and_the_prediction_error():
+    keeper = _keeper()
+    keeper.admit("r", PlanRequest(budget_s=10, max_tokens=100, method="majority", branches=1))
+    # 100 tokens in 2 s: 0.02 s per token against 0.01 profiled, so the factor moves to 2.
+    keeper.release("r", [BranchObservation(num_tokens=100, elapsed_s=2.0, spec_accepted_tokens=30,
+                                           spec_verify_steps=10)], predicted_s=1.0, actual_s=2.0)
+    status = keeper.status()
+    assert status["pools"]["a"]["speed_factor"] == pytest.approx(1.5)  # EWMA, alpha 0.5
+    assert status["pools"]["a"]["tokens_per_step"] == pytest.approx(4.0)
+    assert status["prediction_error"]["mean_signed"] == pytest.approx(1.0)
+    slower = keeper.admit("s", PlanRequest(budget_s=100, max_tokens=100, method="majority", branches=1))
+    assert slower.predicted_parts_s["decode"] == pytest.approx(100 * 0.01 * 1.5)

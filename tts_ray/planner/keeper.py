@@ -1,0 +1,139 @@
+"""The budget keeper: the cluster-wide ledger of branches in flight on every pool, the planner
+over it, and the live refresh of the speed profile from finished branches (pure Python; the
+``budget`` Serve deployment hosts one instance for all router replicas)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from tts_ray.config import AppConfig
+from tts_ray.planner.calibration import Calibration
+from tts_ray.planner.latency import LatencyModel, PoolLoad
+from tts_ray.planner.planner import Plan, Planner, PlanRequest
+from tts_ray.planner.profile import ClusterProfile
+
+MIN_TOKENS_OBSERVED = 8  # shorter branches say more about queueing than about decode speed
+SPEED_FACTOR_RANGE = (0.2, 5.0)  # one odd request must not wreck the model
+
+
+@dataclass
+class BranchObservation:
+    """One finished branch as the router saw it."""
+
+    num_tokens: int
+    elapsed_s: float
+    spec_accepted_tokens: int | None = None
+    spec_verify_steps: int | None = None
+
+
+@dataclass
+class _Admitted:
+    pool: str
+    branches: int
+    concurrency: int
+    admitted_at: float
+
+
+class BudgetKeeper:
+    """Admits requests (plans them and reserves their branches) and releases them.
+
+    Args:
+        config: the application config (pools, their replicas and slots).
+        profile: measured speed profile, or None (no predictions: defaults, no 429).
+        calibration: measured accuracy per (method, B), or None (larger B preferred).
+        ewma_alpha: weight of each new observation in the live speed factor.
+    """
+
+    def __init__(self, config: AppConfig, profile: ClusterProfile | None = None,
+                 calibration: Calibration | None = None, ewma_alpha: float = 0.2) -> None:
+        self.config, self.ewma_alpha = config, ewma_alpha
+        self.latency = (LatencyModel(profile, calibration, merge_margin_s=config.router.merge_margin_s,
+                                     max_search_steps=config.router.max_search_steps)
+                        if profile is not None else None)
+        self.planner = Planner(self.latency)
+        self.loads: dict[str, PoolLoad] = {}
+        for pool in config.generators:
+            replicas = pool.autoscaling.min_replicas if pool.autoscaling else pool.num_replicas
+            self.loads[pool.name] = PoolLoad(
+                model_id=pool.model_id,
+                num_speculative_tokens=pool.speculative.num_speculative_tokens if pool.speculative else 0,
+                replicas=max(1, replicas), slots_per_replica=pool.max_ongoing_requests)
+        self.tokens_per_step: dict[str, float | None] = dict.fromkeys(self.loads)
+        self.admitted: dict[str, _Admitted] = {}
+        self.counts = {"admitted": 0, "rejected": 0, "released": 0}
+        self.errors: list[float] = []  # (actual - predicted) / predicted of recent requests
+
+    def admit(self, request_id: str, request: PlanRequest) -> Plan:
+        """Plan ``request`` and reserve its branches on the chosen pool.
+
+        Raises:
+            ValueError: no pool serves the model; Infeasible: budget unreachable (429).
+        """
+        try:
+            plan = self.planner.plan(request, self.loads)
+        except Exception:
+            self.counts["rejected"] += 1
+            raise
+        load = self.loads[plan.pool]
+        load.inflight_branches += plan.num_branches
+        load.active_requests += 1
+        concurrency = math.ceil(load.inflight_branches / load.replicas)
+        self.admitted[request_id] = _Admitted(plan.pool, plan.num_branches, concurrency, time.monotonic())
+        self.counts["admitted"] += 1
+        return plan
+
+    def release(self, request_id: str, observations: list[BranchObservation] | None = None,
+                predicted_s: float | None = None, actual_s: float | None = None) -> None:
+        """Free a request's branches and learn from its finished branches. Unknown ids are
+        ignored (a release may be retried)."""
+        entry = self.admitted.pop(request_id, None)
+        if entry is None:
+            return
+        load = self.loads[entry.pool]
+        load.inflight_branches = max(0, load.inflight_branches - entry.branches)
+        load.active_requests = max(0, load.active_requests - 1)
+        self.counts["released"] += 1
+        if predicted_s and actual_s is not None:
+            self.errors = (self.errors + [(actual_s - predicted_s) / predicted_s])[-200:]
+        for obs in observations or []:
+            self._observe(entry, obs)
+
+    def _observe(self, entry: _Admitted, obs: BranchObservation) -> None:
+        load = self.loads[entry.pool]
+        if obs.spec_verify_steps:
+            tps = (obs.spec_verify_steps + (obs.spec_accepted_tokens or 0)) / obs.spec_verify_steps
+            old = self.tokens_per_step[entry.pool]
+            self.tokens_per_step[entry.pool] = tps if old is None else old + self.ewma_alpha * (tps - old)
+        if self.latency is None or not self.latency.knows(entry.pool) or obs.num_tokens < MIN_TOKENS_OBSERVED:
+            return
+        curve = self.latency.profile.pools[entry.pool].curve(load.num_speculative_tokens)
+        predicted_spt = curve.seconds_per_token_at(entry.concurrency)
+        observed_spt = max(obs.elapsed_s - curve.prefill_s, 1e-6) / obs.num_tokens
+        ratio = min(max(observed_spt / predicted_spt, SPEED_FACTOR_RANGE[0]), SPEED_FACTOR_RANGE[1])
+        load.speed_factor += self.ewma_alpha * (ratio - load.speed_factor)
+
+    def set_replicas(self, pool: str, replicas: int) -> None:
+        """Follow autoscaling: the running replica count of ``pool``."""
+        if pool in self.loads and replicas >= 1:
+            self.loads[pool].replicas = replicas
+
+    def status(self) -> dict[str, Any]:
+        """In-flight branches, live speed factors and the latency model's recent error."""
+        errors = sorted(abs(e) for e in self.errors)
+        return {
+            "pools": {name: {"model_id": l.model_id, "num_speculative_tokens": l.num_speculative_tokens,
+                             "replicas": l.replicas, "slots": l.slots_per_replica * l.replicas,
+                             "inflight_branches": l.inflight_branches, "active_requests": l.active_requests,
+                             "speed_factor": round(l.speed_factor, 4),
+                             "tokens_per_step": self.tokens_per_step[name]}
+                      for name, l in self.loads.items()},
+            "profiled": self.latency is not None,
+            "calibrated": bool(self.latency and self.latency.calibration),
+            "counts": dict(self.counts),
+            "prediction_error": {"requests": len(errors),
+                                 "median_abs": errors[len(errors) // 2] if errors else None,
+                                 "mean_signed": sum(self.errors) / len(self.errors) if errors else None},
+        }

@@ -1,0 +1,80 @@
+"""The latency model: predicted wall time of a plan (pool, method, B branches) from the pool's
+speed profile, the calibrated branch lengths and the load already on the pool."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from tts_ray.planner.calibration import Calibration
+from tts_ray.planner.profile import ClusterProfile
+
+SCORED = frozenset({"weighted_majority", "best_of_n", "beam_search", "dvts"})
+SEARCH = frozenset({"beam_search", "dvts"})
+
+
+@dataclass
+class PoolLoad:
+    """What the planner knows about a pool right now."""
+
+    model_id: str
+    num_speculative_tokens: int
+    replicas: int
+    slots_per_replica: int
+    inflight_branches: int = 0
+    active_requests: int = 0
+    speed_factor: float = 1.0  # observed / profiled seconds per token (EWMA of live requests)
+
+
+@dataclass
+class Prediction:
+    """A predicted latency and its parts (seconds)."""
+
+    total_s: float
+    parts_s: dict[str, float] = field(default_factory=dict)
+    concurrency_per_replica: int = 1
+    expected_tokens: float = 0.0
+
+
+class LatencyModel:
+    """``predict`` = prefill + E[longest branch] x seconds-per-token(concurrency per replica)
+    x live speed factor + reward scoring + merge margin.
+
+    Concurrency per replica counts the branches already in flight on the pool plus the new
+    ones, spread evenly (Serve balances branches over replicas). Without a calibration the
+    length is ``max_tokens`` (the worst case). Search methods generate step by step: their
+    prediction adds one scoring call per search step.
+    """
+
+    def __init__(self, profile: ClusterProfile, calibration: Calibration | None = None,
+                 merge_margin_s: float = 0.05, max_search_steps: int = 12) -> None:
+        self.profile, self.calibration = profile, calibration
+        self.merge_margin_s, self.max_search_steps = merge_margin_s, max_search_steps
+
+    def knows(self, pool: str) -> bool:
+        return pool in self.profile.pools
+
+    def expected_tokens(self, model_id: str, branches: int, max_tokens: int) -> float:
+        models = self.calibration.models if self.calibration else {}
+        if model_id in models:
+            return models[model_id].expected_max_length(branches, max_tokens)
+        return float(max_tokens)
+
+    def predict(self, pool: str, load: PoolLoad, method: str, branches: int, max_tokens: int) -> Prediction:
+        """Predicted latency of ``branches`` branches of ``method`` on ``pool``.
+
+        Raises:
+            KeyError: the pool is not in the profile.
+        """
+        curve = self.profile.pools[pool].curve(load.num_speculative_tokens)
+        concurrency = math.ceil((load.inflight_branches + branches) / max(1, load.replicas))
+        tokens = self.expected_tokens(load.model_id, branches, max_tokens)
+        decode_s = tokens * curve.seconds_per_token_at(concurrency) * load.speed_factor
+        parts = {"prefill": curve.prefill_s, "decode": decode_s, "merge": self.merge_margin_s}
+        if method in SCORED and self.profile.scoring is not None:
+            calls = self.max_search_steps if method in SEARCH else 1
+            parts["score"] = calls * self.profile.scoring.seconds(branches)
+        if method in SEARCH:
+            parts["prefill"] *= self.max_search_steps
+        return Prediction(total_s=sum(parts.values()), parts_s=parts,
+                          concurrency_per_replica=concurrency, expected_tokens=tokens)

@@ -1,0 +1,149 @@
+"""The planner: for one request, the pool (model tier and draft length k), method and branch
+count B with the highest expected accuracy whose predicted latency fits the budget."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tts_ray.planner.latency import SCORED, LatencyModel, PoolLoad
+
+# Methods the planner may pick by itself: parallel sampling, calibrated per B. Step-level
+# search is run when asked for, but not chosen automatically.
+AUTO_METHODS = ("single", "majority", "weighted_majority", "best_of_n")
+
+
+class Infeasible(Exception):
+    """Even one branch cannot finish inside the budget: answer 429 with ``retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: float, predicted_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s, self.predicted_s = retry_after_s, predicted_s
+
+
+@dataclass
+class PlanRequest:
+    """What a request leaves to the planner: None means "auto" for method and branches, and
+    "any tier" for the model."""
+
+    budget_s: float
+    max_tokens: int
+    model_id: str | None = None
+    method: str | None = None
+    branches: int | None = None
+    max_branches: int = 64
+    scored_available: bool = True
+    default_method: str = "majority"
+    default_branches: int = 8
+
+
+@dataclass
+class Plan:
+    """The chosen configuration and why."""
+
+    pool: str
+    model_id: str
+    method: str
+    num_branches: int
+    num_speculative_tokens: int
+    predicted_s: float | None
+    expected_accuracy: float | None
+    auto: bool
+    fair_share: int | None = None
+    candidates: int = 0
+    predicted_parts_s: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Planner:
+    """Exhaustive search over (pool, method, B): the grid is small (pools x 4 x max_branches),
+    so the latency-optimal choice is exact rather than the paper's greedy approximation."""
+
+    def __init__(self, latency: LatencyModel | None) -> None:
+        self.latency = latency
+
+    def _accuracy(self, model_id: str, method: str, branches: int) -> float | None:
+        calibration = self.latency.calibration if self.latency else None
+        if calibration is None or model_id not in calibration.models:
+            return None
+        return calibration.models[model_id].expected_accuracy(method, branches)
+
+    def plan(self, request: PlanRequest, pools: dict[str, PoolLoad]) -> Plan:
+        """Choose a plan for ``request`` given each pool's current load.
+
+        Fixed method and B are kept; only what is "auto" (None) is chosen. Pools without a
+        profile get no prediction; then the least-loaded pool of the model runs the request
+        with the defaults.
+
+        Raises:
+            ValueError: no pool serves the requested model.
+            Infeasible: the budget cannot be met even with one branch on any pool.
+        """
+        candidates = {name: load for name, load in pools.items()
+                      if request.model_id is None or load.model_id == request.model_id}
+        if not candidates:
+            raise ValueError(f"no generator pool serves model {request.model_id!r}")
+        auto = request.method is None or request.branches is None
+        profiled = {n: p for n, p in candidates.items() if self.latency and self.latency.knows(n)}
+        if not profiled:
+            name = min(candidates, key=lambda n: candidates[n].inflight_branches / candidates[n].replicas)
+            load = candidates[name]
+            return Plan(pool=name, model_id=load.model_id, method=request.method or request.default_method,
+                        num_branches=min(request.branches or request.default_branches, request.max_branches),
+                        num_speculative_tokens=load.num_speculative_tokens, predicted_s=None,
+                        expected_accuracy=None, auto=auto)
+
+        best: tuple | None = None
+        quickest_single: tuple[float, str] | None = None
+        considered = 0
+        for name, load in profiled.items():
+            share = self._fair_share(load)
+            methods = [request.method] if request.method else [
+                m for m in AUTO_METHODS if request.scored_available or m not in SCORED]
+            for method in methods:
+                single_only = method == "single"
+                if request.branches is not None:
+                    counts = [1] if single_only else [request.branches]
+                else:
+                    counts = [1] if single_only else range(1, min(request.max_branches, share) + 1)
+                for branches in counts:
+                    prediction = self.latency.predict(name, load, method, branches, request.max_tokens)
+                    considered += 1
+                    if branches == 1 and (quickest_single is None or prediction.total_s < quickest_single[0]):
+                        quickest_single = (prediction.total_s, name)
+                    accuracy = self._accuracy(load.model_id, method, branches)
+                    fits = prediction.total_s <= request.budget_s
+                    # Rank: fits the budget, then expected accuracy (log B as a proxy when
+                    # uncalibrated), then lower predicted latency.
+                    value = accuracy if accuracy is not None else math.log(branches) / 100
+                    key = (fits, value if fits else -prediction.total_s, -prediction.total_s)
+                    if best is None or key > best[0]:
+                        best = (key, name, method, branches, prediction, accuracy, share)
+        if quickest_single is None:
+            # Fixed B > 1 was asked for: check that one branch could still make it.
+            for name, load in profiled.items():
+                p = self.latency.predict(name, load, request.method or "single", 1, request.max_tokens)
+                if quickest_single is None or p.total_s < quickest_single[0]:
+                    quickest_single = (p.total_s, name)
+        if quickest_single[0] > request.budget_s:
+            wait_s = max(1.0, math.ceil(quickest_single[0] - request.budget_s))
+            raise Infeasible(f"latency_budget_s={request.budget_s:g} cannot be met: one branch is "
+                             f"predicted to take {quickest_single[0]:.2f}s now", wait_s, quickest_single[0])
+        _, name, method, branches, prediction, accuracy, share = best
+        load = profiled[name]
+        return Plan(pool=name, model_id=load.model_id, method=method, num_branches=branches,
+                    num_speculative_tokens=load.num_speculative_tokens, predicted_s=prediction.total_s,
+                    expected_accuracy=accuracy, auto=auto, fair_share=share if auto else None,
+                    candidates=considered, predicted_parts_s=prediction.parts_s)
+
+    @staticmethod
+    def _fair_share(load: PoolLoad) -> int:
+        """Branch slots one more request may take: all free slots when the pool has room,
+        else an equal share of the pool's slots among its active requests."""
+        slots = load.slots_per_replica * load.replicas
+        free = slots - load.inflight_branches
+        equal = slots // (load.active_requests + 1)
+        return max(1, free, equal)
