@@ -85,6 +85,33 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_planner(args: argparse.Namespace) -> int:
+    from tts_ray.planner.bench import run_planner_bench
+
+    def run(url: str) -> None:
+        run_planner_bench(url, args.out, limit=args.limit, budgets_s=args.budgets, branches=args.branches,
+                          draft_lengths=args.draft_lengths, concurrency=args.concurrency,
+                          command=args.command_line)
+
+    if args.url:
+        run(args.url)
+        return 0
+    from ray import serve
+
+    from tts_ray.serve.local import start_app
+
+    url = start_app(args.config, quiet=True)
+    try:
+        run(url)
+    finally:
+        serve.shutdown()
+    return 0
+
+
+def _float_list(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
 def _int_list(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
@@ -126,6 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=200, help="problems used")
     p.add_argument("--samples", type=int, default=32, help="samples per problem (largest B calibrated)")
     p.set_defaults(func=_cmd_calibrate)
+
+    p = verbs.add_parser("bench-planner", help="the planner's figures through the service: planner.json")
+    p.add_argument("--url", default=None, help="a running service; default: start deployments/local.yaml")
+    p.add_argument("--config", type=Path, default=Path("deployments/local.yaml"))
+    p.add_argument("--out", type=Path, default=Path("bench/results/planner.json"))
+    p.add_argument("--limit", type=int, default=100, help="ARITH-500 problems")
+    p.add_argument("--budgets", type=_float_list, default=[1.5, 3.0, 6.0], help="latency budgets, seconds")
+    p.add_argument("--branches", type=_int_list, default=[1, 4, 8, 16], help="fixed B grid")
+    p.add_argument("--draft-lengths", type=_int_list, default=[0, 4], help="fixed k grid (pools)")
+    p.add_argument("--concurrency", type=int, default=8)
+    p.set_defaults(func=_cmd_bench_planner)
 
     testbed = verbs.add_parser("testbed", help="the ARITH testbed: data, training, benchmark")
     tb = testbed.add_subparsers(dest="testbed_verb", required=True)

@@ -4,7 +4,10 @@ One application (deployments/local.yaml) serves every service test of the sessio
 start-up costs minutes on CPU, so test files share ``service_url`` instead of starting their own.
 """
 
+import json
 import os
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -32,3 +35,19 @@ def service_url():
     yield url
     serve.shutdown()
     ray.shutdown()
+
+
+def post_json(url: str, body, raw: bytes | None = None, headers: dict | None = None):
+    """POST ``body`` as JSON (or ``raw`` bytes); returns (status, parsed JSON body) for success
+    and error answers alike. A ``headers`` dict, if given, receives the response headers."""
+    data = raw if raw is not None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=600) as response:
+            if headers is not None:
+                headers.update(response.headers)
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        if headers is not None:
+            headers.update(error.headers)
+        return error.code, json.loads(error.read())

@@ -1,29 +1,19 @@
 """The serving core against the real thing: Ray Serve + vLLM on CPU with the testbed models.
 
-One application (deployments/local.yaml: two generator replicas with speculative decoding,
-one PRM replica, the router) is started for the whole test session.
+One application (deployments/local.yaml: two generator pools of one replica each, one with
+speculative decoding and one without, one PRM replica, the budget keeper, the router) is
+started for the whole test session (tests/integration/conftest.py).
 """
 
-import json
-import urllib.error
 import urllib.request
 
 import pytest
 
+from tests.integration.conftest import post_json as _post
 from tts_ray.grading import extract_answer
 from tts_ray.testbed.arith import arith500
 
 PROBLEM = arith500()[2]  # level 3: room for the branches to disagree
-
-
-def _post(url: str, body, raw: bytes | None = None):
-    data = raw if raw is not None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=600) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 def _chat(url: str, **tts):
@@ -34,8 +24,9 @@ def _chat(url: str, **tts):
 
 
 def test_majority_returns_the_most_frequent_answer_and_votes_add_up(service_url):
-    out = _chat(service_url, method="majority", branches=8)
+    out = _chat(service_url, method="majority", branches=8, num_speculative_tokens=4)
     tts = out["tts"]
+    assert tts["plan"]["pool"] == "spec"
     answers = [b["answer"] for b in tts["branches"]]
     assert len(answers) == 8
     counts = {a: answers.count(a) for a in set(answers) if a is not None}
@@ -50,10 +41,13 @@ def test_majority_returns_the_most_frequent_answer_and_votes_add_up(service_url)
     assert spec["accepted_per_step"] > 1.0
 
 
-def test_branches_spread_over_both_generator_replicas(service_url):
-    tts = _chat(service_url, method="majority", branches=16)["tts"]
-    assert len(tts["replicas"]) == 2
-    assert {b["replica"] for b in tts["branches"]} == set(tts["replicas"])
+def test_the_requested_draft_length_picks_the_pool(service_url):
+    spec = _chat(service_url, method="majority", branches=4, num_speculative_tokens=4)["tts"]
+    plain = _chat(service_url, method="majority", branches=4, num_speculative_tokens=0)["tts"]
+    assert (spec["plan"]["pool"], plain["plan"]["pool"]) == ("spec", "plain")
+    assert plain["speculation"] is None and spec["speculation"]["verify_steps"] > 0
+    assert len(spec["replicas"]) == len(plain["replicas"]) == 1
+    assert spec["replicas"] != plain["replicas"]
 
 
 @pytest.mark.parametrize("method", ["weighted_majority", "best_of_n"])
@@ -131,6 +125,9 @@ BAD_INPUTS = [
     ("stream not a bool", {**GOOD, "stream": "yes"}, None, 400),
     ("n above one", {**GOOD, "n": 3}, None, 400),
     ("unknown model", {**GOOD, "model": "gpt-17"}, None, 404),
+    ("branches auto misspelt", {**GOOD, "tts": {"branches": "Auto"}}, None, 400),
+    ("no pool with that draft length", {**GOOD, "tts": {"num_speculative_tokens": 3}}, None, 400),
+    ("early_stop not a bool", {**GOOD, "tts": {"early_stop": "yes"}}, None, 400),
 ]
 
 

@@ -138,3 +138,13 @@ def test_without_a_profile_the_defaults_run_on_the_least_loaded_pool():
     plan = planner.plan(PlanRequest(budget_s=0.01, max_tokens=10, default_method="majority",
                                     default_branches=8), loads)
     assert (plan.pool, plan.method, plan.num_branches, plan.predicted_s) == ("b", "majority", 8, None)
+
+
+def test_a_requested_draft_length_pins_the_pool():
+    planner, loads = setup(SPEC_PAYS_SMALL)
+    assert planner.plan(request(5.0, method="majority", branches=1, num_speculative_tokens=0),
+                        loads).pool == "plain"
+    assert planner.plan(request(5.0, method="majority", branches=32, num_speculative_tokens=4),
+                        loads).pool == "spec"
+    with pytest.raises(ValueError):
+        planner.plan(request(5.0, num_speculative_tokens=2), loads)

@@ -40,6 +40,9 @@ class EvalRequest(BaseModel):
     branches: int | Literal["auto"] | None = Field(None, description="tts.branches: an int >= 1 or 'auto'.")
     latency_budget_s: float | None = Field(None, gt=0, description="tts.latency_budget_s.")
     seed: int | None = Field(None, ge=0, description="tts.seed (applied by the service on GPU pools).")
+    num_speculative_tokens: int | Literal["auto"] | None = Field(
+        None, description="tts.num_speculative_tokens: run on the pool with this draft length k.")
+    early_stop: bool | None = Field(None, description="tts.early_stop: stop sampling once the vote is settled.")
     model: str | None = Field(None, description="Served model id; None: the service's default.")
     max_tokens: int | None = Field(None, ge=1, description="Tokens per branch.")
     temperature: float | None = Field(None, ge=0, description="Branch sampling temperature.")
@@ -57,7 +60,8 @@ class EvalRequest(BaseModel):
     def tts_options(self) -> dict[str, Any]:
         """The request's ``tts`` object (fields left None are omitted)."""
         tts = {"method": self.method, "branches": self.branches,
-               "latency_budget_s": self.latency_budget_s, "seed": self.seed}
+               "latency_budget_s": self.latency_budget_s, "seed": self.seed,
+               "num_speculative_tokens": self.num_speculative_tokens, "early_stop": self.early_stop}
         return {k: v for k, v in tts.items() if v is not None}
 
     def body(self, problem: str) -> dict[str, Any]:

@@ -32,6 +32,7 @@ class PlanRequest:
     model_id: str | None = None
     method: str | None = None
     branches: int | None = None
+    num_speculative_tokens: int | None = None
     max_branches: int = 64
     scored_available: bool = True
     default_method: str = "majority"
@@ -79,13 +80,17 @@ class Planner:
         with the defaults.
 
         Raises:
-            ValueError: no pool serves the requested model.
+            ValueError: no pool serves the requested model (with the requested k).
             Infeasible: the budget cannot be met even with one branch on any pool.
         """
         candidates = {name: load for name, load in pools.items()
-                      if request.model_id is None or load.model_id == request.model_id}
+                      if (request.model_id is None or load.model_id == request.model_id)
+                      and (request.num_speculative_tokens is None
+                           or load.num_speculative_tokens == request.num_speculative_tokens)}
         if not candidates:
-            raise ValueError(f"no generator pool serves model {request.model_id!r}")
+            k = "" if request.num_speculative_tokens is None else \
+                f" with num_speculative_tokens={request.num_speculative_tokens}"
+            raise ValueError(f"no generator pool serves model {request.model_id or 'any'!r}{k}")
         auto = request.method is None or request.branches is None
         profiled = {n: p for n, p in candidates.items() if self.latency and self.latency.knows(n)}
         if not profiled:

@@ -32,6 +32,9 @@ class TTSOptions(BaseModel):
         None, description="TTS method; \"auto\" lets the planner choose; default from the router config.")
     branches: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
         None, description="Parallel branches; \"auto\" lets the planner choose; default from config.")
+    num_speculative_tokens: Annotated[int, Field(ge=0)] | Literal["auto"] | None = Field(
+        None, description="Draft length k: run on a pool speculating k tokens (0: none); \"auto\" "
+                          "or absent lets the planner choose among the model's pools.")
     early_stop: StrictBool | None = Field(
         None, description="Sample in windows and stop once the vote is settled (sampling methods).")
     latency_budget_s: float | None = Field(None, gt=0, description="Wall-clock budget for the answer.")

@@ -161,7 +161,9 @@ class Router:
                 type="rate_limit_error", param="tts.latency_budget_s", code="budget_infeasible"),
                 headers={"Retry-After": retry_after})
         if "error" in admitted:
-            return _error_response(APIError(404, admitted["error"], param="model", code="model_not_found"))
+            return _error_response(APIError(400, admitted["error"], param="tts.num_speculative_tokens"
+                                            if options["plan_request"]["num_speculative_tokens"] is not None
+                                            else "model"))
         plan = admitted["plan"]
         ctx = self._context(body, options, plan, deadline_s=received_unix + options["budget_s"])
         result: MethodResult | None = None
@@ -256,9 +258,11 @@ class Router:
             prompt = reward_prompt = body.prompt
             add_special_tokens = True
         early_stop = tts.early_stop if tts and tts.early_stop is not None else router.early_stop
+        k = tts.num_speculative_tokens if tts else None
         plan_request = asdict(PlanRequest(
             budget_s=budget_s, max_tokens=max_tokens, model_id=model_id,
             method=None if method == "auto" else method, branches=None if branches == "auto" else branches,
+            num_speculative_tokens=None if k in (None, "auto") else k,
             max_branches=router.max_branches, scored_available=self.reward is not None,
             default_method=router.default_method if router.default_method != "auto" else "majority",
             default_branches=router.default_branches))

@@ -1,0 +1,121 @@
+"""``tts-ray bench-planner``: the planner's figures through the real service, printed and
+written to ``bench/results/planner.json``.
+
+At concurrency C over the same problems, for each latency budget: every fixed (B, k) of a
+grid and the auto planner (``branches: "auto"``, ``num_speculative_tokens: "auto"``), all
+with majority voting. Then majority at B branches with and without early stopping under a
+loose budget. Figures:
+
+- ``p99_over_budget_ms``: 99th percentile of (response time - budget) over every budgeted
+  request of the run, in ms (negative: answers came before their deadline);
+- ``auto_gap_points``: the largest, over budgets, of (best fixed accuracy - auto accuracy)
+  in accuracy points (<= 0: auto matched or beat every fixed configuration);
+- ``early_stop_token_saving`` and ``early_stop_accuracy_drop_points``;
+- the latency model's prediction error as the service reports it (``/v1/tts/status``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tts_ray.eval.datasets import Problem, load_dataset
+from tts_ray.eval.runner import EvalRequest, evaluate
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def _run(problems: Sequence[Problem], url: str, concurrency: int, label: str, **tts) -> dict[str, Any]:
+    request = EvalRequest(method="majority", **tts)
+    results, wall_s = asyncio.run(evaluate(problems, url, request, concurrency=concurrency, progress=False,
+                                           desc=label))
+    ok = [r for r in results if r.status == 200]
+    row = {
+        "label": label, **tts,
+        "accuracy": sum(r.correct for r in results) / len(results),
+        "requests": len(results), "answered": len(ok),
+        "rejected_429": sum(r.status == 429 for r in results),
+        "errors": sum(r.status not in (200, 429) for r in results),
+        "latency_p50_s": _percentile([r.latency_s for r in results], 0.5),
+        "latency_p99_s": _percentile([r.latency_s for r in results], 0.99),
+        "tokens_per_problem": sum(r.tokens or 0 for r in ok) / max(1, len(ok)),
+        "wall_s": wall_s,
+        "latencies_s": [round(r.latency_s, 4) for r in results],
+    }
+    print(f"{label:>28}: acc {row['accuracy']:.3f}  p50 {row['latency_p50_s']:.2f}s  "
+          f"p99 {row['latency_p99_s']:.2f}s  tokens {row['tokens_per_problem']:.0f}  "
+          f"429 {row['rejected_429']}  errors {row['errors']}", flush=True)
+    return row
+
+
+def _status(url: str) -> dict[str, Any]:
+    import httpx
+
+    return httpx.get(f"{url}/v1/tts/status", timeout=30).json()
+
+
+def run_planner_bench(url: str, out: str | Path, limit: int = 100, budgets_s: Sequence[float] = (1.5, 3.0, 6.0),
+                      branches: Sequence[int] = (1, 4, 8, 16), draft_lengths: Sequence[int] = (0, 4),
+                      concurrency: int = 8, early_stop_branches: int = 16, early_stop_budget_s: float = 60.0,
+                      command: str = "tts-ray bench-planner") -> dict[str, Any]:
+    """Run the planner benchmark against the service at ``url``; write and return the figures."""
+    problems = load_dataset("arith500", limit=limit).problems
+    # Warm-up: fills the prefix cache and lets the live speed correction settle.
+    _run(problems[:16], url, concurrency, "warm-up", branches="auto", latency_budget_s=budgets_s[-1])
+    per_budget = []
+    over_budget_ms: list[float] = []
+    for budget_s in budgets_s:
+        fixed = []
+        for k in draft_lengths:
+            for b in branches:
+                row = _run(problems, url, concurrency, f"budget {budget_s:g}s B={b} k={k}", branches=b,
+                           num_speculative_tokens=k, latency_budget_s=budget_s)
+                fixed.append(row)
+        auto = _run(problems, url, concurrency, f"budget {budget_s:g}s auto", branches="auto",
+                    num_speculative_tokens="auto", latency_budget_s=budget_s)
+        for row in [*fixed, auto]:
+            over_budget_ms += [(lat - budget_s) * 1000 for lat in row["latencies_s"]]
+        best = max(fixed, key=lambda r: r["accuracy"])
+        per_budget.append({"budget_s": budget_s, "auto": auto, "fixed": fixed,
+                           "best_fixed": {"branches": best["branches"],
+                                          "num_speculative_tokens": best["num_speculative_tokens"],
+                                          "accuracy": best["accuracy"]},
+                           "gap_points": (best["accuracy"] - auto["accuracy"]) * 100})
+    full = _run(problems, url, concurrency, f"B={early_stop_branches} full", branches=early_stop_branches,
+                latency_budget_s=early_stop_budget_s, early_stop=False)
+    early = _run(problems, url, concurrency, f"B={early_stop_branches} early stop", branches=early_stop_branches,
+                 latency_budget_s=early_stop_budget_s, early_stop=True)
+    status = _status(url)
+    figures = {
+        "p99_over_budget_ms": _percentile(over_budget_ms, 0.99),
+        "auto_gap_points": max(b["gap_points"] for b in per_budget),
+        "early_stop_token_saving": 1 - early["tokens_per_problem"] / full["tokens_per_problem"],
+        "early_stop_accuracy_drop_points": (full["accuracy"] - early["accuracy"]) * 100,
+        "prediction_error_median_abs": status["prediction_error"]["median_abs"],
+        "prediction_error_mean_signed": status["prediction_error"]["mean_signed"],
+    }
+    result = {
+        **figures,
+        "details": {"problems": len(problems), "dataset": "arith500", "concurrency": concurrency,
+                    "method": "majority", "budgets": per_budget,
+                    "early_stop": {"full": full, "early": early, "branches": early_stop_branches,
+                                   "budget_s": early_stop_budget_s},
+                    "keeper_status": status},
+        "command": command,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}",
+    }
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(figures, indent=2))
+    return result
