@@ -196,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_arguments(p).set_defaults(func=run_from_args)
     p = verbs.add_parser("bench", help="tts_ray against its peers on the same problems: bench.json, bench.png")
     add_bench_arguments(p).set_defaults(func=bench_from_args)
+
+    from tts_ray.k8s import add_k8s_parser
+
+    add_k8s_parser(verbs)
     return parser
 
 
