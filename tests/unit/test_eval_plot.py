@@ -54,6 +54,11 @@ def test_service_runs_cover_every_method_and_b():
                       ("tts_ray majority", "B=4"), ("tts_ray majority", "B=16"),
                       ("tts_ray weighted_majority", "B=4"), ("tts_ray weighted_majority", "B=16")]
     assert runs[0][2] == {"method": "single", "branches": 1, "temperature": 0.0}
+    pinned = _service_runs(BenchConfig(branches=[1, 4], service_methods=["majority"]), num_speculative_tokens=4)
+    assert [fields for _, _, fields in pinned] == [
+        {"method": "single", "branches": 1, "temperature": 0.0, "num_speculative_tokens": 4},
+        {"method": "single", "branches": 1, "num_speculative_tokens": 4},
+        {"method": "majority", "branches": 4, "num_speculative_tokens": 4}]
 
 
 def test_figures_from_measurements():

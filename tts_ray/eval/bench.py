@@ -180,8 +180,12 @@ def run_offline_peers(problems: Sequence[Problem], config: BenchConfig) -> list[
         vllm_offline.shutdown(llm)
         return results
     reward = app.reward
-    prm = vllm_offline.prm_llm(resolve_model_source(reward.model_source), max_model_len=reward.max_model_len,
-                               gpu_memory_utilization=reward.gpu_memory_utilization, **reward.engine_kwargs)
+    from vllm import LLM
+
+    from tts_ray.engines.prm import vllm_prm_args
+
+    vllm_offline.prepare_cpu_env()
+    prm = LLM(**vllm_prm_args(reward))  # exactly as the reward deployment serves it
     max_n = max(config.branches)
     # Sequential best-of-N at N is the first N samples of a sequential run, so one run of
     # max(N) samples per problem gives every N: generation time is the sum of the first N
@@ -220,8 +224,18 @@ def run_offline_peers(problems: Sequence[Problem], config: BenchConfig) -> list[
 
 # --- peers 4-5: the service -------------------------------------------------------------------
 
-def _service_runs(config: BenchConfig) -> list[tuple[str, str, dict[str, Any]]]:
-    """(system, label, request fields) of every fixed-B service configuration."""
+def _service_runs(config: BenchConfig, num_speculative_tokens: int | None = None
+                  ) -> list[tuple[str, str, dict[str, Any]]]:
+    """(system, label, request fields) of every fixed-B service configuration; with
+    ``num_speculative_tokens`` every run is pinned to the pool of that draft length k."""
+    runs = _fixed_runs(config)
+    if num_speculative_tokens is not None:
+        runs = [(system, label, {**fields, "num_speculative_tokens": num_speculative_tokens})
+                for system, label, fields in runs]
+    return runs
+
+
+def _fixed_runs(config: BenchConfig) -> list[tuple[str, str, dict[str, Any]]]:
     runs = [(f"{SERVICE_PREFIX}single", "greedy B=1", {"method": "single", "branches": 1, "temperature": 0.0})]
     for method in config.service_methods:
         for b in config.branches:
@@ -273,7 +287,10 @@ def run_service(problems: Sequence[Problem], config: BenchConfig) -> tuple[list[
         warm = EvalRequest(**base, method="single", branches=1)
         if config.warmup:
             asyncio.run(evaluate(problems[: config.warmup], url, warm, concurrency=1, progress=False))
-        for system, label, fields in _service_runs(config):
+        # fixed (B, k): k pinned to the first pool's draft length, the engine the peers ran
+        pool = _app_config(config.config).generators[0]
+        k = pool.speculative.num_speculative_tokens if pool.speculative else 0
+        for system, label, fields in _service_runs(config, k):
             request = EvalRequest(**{**base, **fields})
             rows, _ = asyncio.run(evaluate(problems, url, request, concurrency=1, progress=config.progress,
                                            desc=f"{system} {label}"))

@@ -25,6 +25,15 @@ def branches_arg(value: str) -> int | str:
     return number
 
 
+def k_arg(value: str) -> int | str:
+    """``--num-speculative-tokens``: an int >= 0 or ``auto`` (argparse type)."""
+    if value == "auto":
+        return value
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'auto', got {value!r}")
+    return int(value)
+
+
 def positive_int(value: str) -> int:
     """An int >= 1 (argparse type)."""
     try:
@@ -53,6 +62,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                              "dvts, or auto where the router has the planner); default: the router's")
     parser.add_argument("--branches", type=branches_arg, default=None,
                         help="tts.branches: an integer or 'auto'; default: the router's")
+    parser.add_argument("--num-speculative-tokens", "-k", type=k_arg, default=None,
+                        help="tts.num_speculative_tokens: pin the draft length k (0: none) or 'auto'")
     parser.add_argument("--budget", type=float, default=None, dest="latency_budget_s",
                         help="tts.latency_budget_s in seconds")
     parser.add_argument("--seed", type=int, default=None, help="tts.seed")
@@ -76,7 +87,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     from tts_ray.eval.datasets import DatasetError
     from tts_ray.eval.runner import EvalConfig, EvalRequest, ServiceUnavailableError, run_eval
 
-    request = EvalRequest(method=args.method, branches=args.branches, latency_budget_s=args.latency_budget_s,
+    request = EvalRequest(method=args.method, branches=args.branches,
+                          num_speculative_tokens=args.num_speculative_tokens,
+                          latency_budget_s=args.latency_budget_s,
                           seed=args.seed, model=args.model, max_tokens=args.max_tokens,
                           temperature=args.temperature, endpoint=args.endpoint,
                           request_timeout_s=args.request_timeout_s)

@@ -110,6 +110,7 @@ def grade_response(problem: Problem, status: int | None, payload: Any, latency_s
         votes=(tts or {}).get("votes"), method=(tts or {}).get("method"),
         server_total_s=((tts or {}).get("timings_s") or {}).get("total"),
         spec_accepted_per_step=speculation.get("accepted_per_step"),
+        plan=(tts or {}).get("plan"),
     )
 
 

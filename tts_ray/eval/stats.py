@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -64,6 +65,8 @@ class ProblemResult(BaseModel):
     server_total_s: float | None = Field(None, description="Server-side tts.timings_s.total.")
     spec_accepted_per_step: float | None = Field(
         None, description="Draft tokens accepted per verification step (tts.speculation).")
+    plan: dict[str, Any] | None = Field(
+        None, description="The service's plan (tts.plan: pool, method, branches, k, predicted latency).")
     status: int | None = Field(None, description="HTTP status; None when no response arrived.")
     error: str | None = Field(None, description="Error message for non-200 answers or transport errors.")
 
