@@ -79,10 +79,12 @@ CPU_POD_CPUS = 4
 CPU_POD_MEMORY_GIB = 16
 CPU_POD_SHM_GIB = 4
 # Logical CPUs a generator replica takes besides one per engine worker (its replica actor),
-# and what a reward or router replica takes (see serve/generator.py, reward.py, router.py).
+# and what a reward, router or budget replica takes (see serve/generator.py, reward.py,
+# router.py, budget.py).
 GENERATOR_ACTOR_CPUS = 1
 REWARD_CPUS = 1
 ROUTER_CPUS = 0.5
+BUDGET_CPUS = 0.1
 # The ad hoc cluster's CPU workers, for jobs that need no GPU.
 ADHOC_CPU_MAX_PODS = 4
 # Idle worker pods are removed after this long: long enough to ride out a lull, since a new
@@ -214,8 +216,8 @@ def worker_groups(config: AppConfig) -> list[WorkerGroup]:
 
     A GPU generator replica gets one pod of ``tensor_parallel_size`` GPUs (one group per
     accelerator type and size); a GPU reward replica one single-GPU pod. Replicas on CPU share
-    pods of :data:`CPU_POD_LOGICAL_CPUS` logical CPUs; routers go to a CPU group where there is
-    one, else to the spare CPUs of the GPU pods. Autoscaled pools count ``min_replicas`` and
+    pods of :data:`CPU_POD_LOGICAL_CPUS` logical CPUs; the routers and the budget replica go to
+    a CPU group where there is one, else to the spare CPUs of the GPU pods. Autoscaled pools count ``min_replicas`` and
     ``max_replicas``, fixed ones ``num_replicas`` for both.
     """
     gpu: dict[tuple[str, int], list[int]] = {}
@@ -244,7 +246,7 @@ def worker_groups(config: AppConfig) -> list[WorkerGroup]:
     groups = [WorkerGroup(f"{accelerator.lower()}-x{gpus}", accelerator, gpus, low, high)
               for (accelerator, gpus), (low, high) in sorted(gpu.items())]
     if cpu_max > 0:
-        router_cpus = config.router.num_replicas * ROUTER_CPUS
+        router_cpus = config.router.num_replicas * ROUTER_CPUS + BUDGET_CPUS
         groups.insert(0, WorkerGroup("cpu", None, 0,
                                      math.ceil((cpu_min + router_cpus) / CPU_POD_LOGICAL_CPUS),
                                      math.ceil((cpu_max + router_cpus) / CPU_POD_LOGICAL_CPUS)))
