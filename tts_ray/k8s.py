@@ -164,10 +164,14 @@ def load_serve_config(overlay: Overlay) -> dict[str, Any]:
     """The overlay's ``deployments/`` file, its application's args validated by ``AppConfig``.
 
     Raises:
+        FileNotFoundError: no such file (the renderer reads a source checkout's deployments/).
         ValueError: not a Serve config with one tts_ray application.
         pydantic.ValidationError: invalid app config.
     """
     path = DEPLOYMENTS_DIR / overlay.serve_config
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: `tts-ray k8s` renders from a source checkout "
+                                "(pip install -e .), whose deployments/ it reads")
     data = yaml.safe_load(path.read_text())
     if not isinstance(data, dict) or len(data.get("applications") or []) != 1:
         raise ValueError(f"{path} must be a Serve config with exactly one application")
