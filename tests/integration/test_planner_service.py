@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.integration.conftest import post_json
+from tests.integration.conftest import get_json, post_json
 from tts_ray.testbed.arith import arith500
 
 HARD = arith500()[4]  # level 5: the longest solutions
@@ -33,13 +33,10 @@ def _engines_idle_within(seconds: float) -> bool:
 
 
 def _keeper_idle_within(url, seconds: float) -> dict:
-    import json
-    import urllib.request
-
     deadline = time.monotonic() + seconds
     while True:
-        with urllib.request.urlopen(f"{url}/v1/tts/status", timeout=30) as response:
-            status = json.loads(response.read())
+        code, status = get_json(f"{url}/v1/tts/status")
+        assert code == 200, status
         if all(p["inflight_branches"] == 0 for p in status["pools"].values()) or time.monotonic() > deadline:
             return status
         time.sleep(0.1)
@@ -58,9 +55,9 @@ def test_auto_plan_fits_the_budget_and_says_what_it_chose(service_url):
 
 
 def test_a_tight_deadline_stops_the_branches_and_merges_in_time(service_url):
-    budget_s = 1.5
+    budget_s = 3.0
     started = time.perf_counter()
-    # 64 long branches cannot finish in 1.5 s on two CPU cores; one branch could.
+    # 64 long branches on one CPU replica cannot finish in 3 s; one branch could.
     status, out = _ask(service_url, HARD, max_tokens=1000, method="majority", branches=64,
                        latency_budget_s=budget_s, num_speculative_tokens=0)
     elapsed = time.perf_counter() - started
