@@ -36,8 +36,10 @@ class GeneratorServer(LLMServer):
             RuntimeError: the engine answered with an error.
         """
         replica = serve.get_replica_context().replica_id.unique_id
-        request.stream = True
-        request.stream_options = {"include_usage": True, "continuous_usage_stats": True}
+        # Re-validate rather than assign: stream_options must become vLLM's StreamOptions model.
+        request = type(request).model_validate({
+            **request.model_dump(exclude_unset=True), "stream": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True}})
         stream = (await self.completions(request)).__aiter__()
         texts: list[str] = []
         result: dict[str, Any] = {"num_tokens": 0, "finish_reason": None, "stop_reason": None,
