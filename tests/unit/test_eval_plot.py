@@ -11,7 +11,13 @@ from tts_ray.eval.bench import (
     figures,
     measured,
 )
-from tts_ray.eval.plot import CurvePoint, best_accuracy_within, dominance_violations, pareto_front, plot_curves
+from tts_ray.eval.plot import (
+    CurvePoint,
+    best_accuracy_within,
+    dominance_violations,
+    pareto_front,
+    plot_curves,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -84,3 +90,31 @@ def test_figures_from_measurements():
     assert out["dominates_peers"] is False
     assert {v["label"] for v in out["dominance"]["violations"]} == {"greedy", "T=0.7", "B=1", "B=16"}
     assert out["dominance"]["dominates_above_service_min_latency"] is False
+
+
+
+def test_first_problems_of_arith500_cover_every_level():
+    from tts_ray.eval.datasets import load_dataset
+
+    levels = [p.level for p in load_dataset("arith500", limit=10).problems]
+    assert sorted(levels) == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+
+
+def test_plot_document_redraws_bench_json(tmp_path):
+    from matplotlib import image
+
+    from tts_ray.eval.bench import plot_document
+
+    config = BenchConfig(branches=[1, 4], service_methods=["majority"])
+    results = [measured(ONE_SAMPLE, "greedy", [True, False], [0.2, 0.3]),
+               measured(PLAIN_VLLM, "B=4", [True, True], [0.4, 0.5]),
+               measured("tts_ray single", "T=0.7 B=1", [False, True], [0.3, 0.3]),
+               measured("tts_ray majority", "B=4", [True, True], [0.6, 0.5])]
+    curves = {}
+    for m in results:
+        curves.setdefault(m.system, []).append(m.model_dump())
+    document = {"curves": curves, "config": config.model_dump(mode="json"), "dataset": "arith500",
+                "num_problems": 2}
+    out = plot_document(document, tmp_path / "bench.png")
+    assert out.read_bytes()[:8] == PNG_MAGIC
+    assert image.imread(out).shape[2] in (3, 4)

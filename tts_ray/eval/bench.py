@@ -54,7 +54,8 @@ class BenchConfig(BaseModel):
     """One ``tts-ray bench`` run."""
 
     dataset: str = Field("arith500", description="Dataset (the bundled models know only ARITH).")
-    limit: int = Field(50, ge=1, description="Problems (the first N of the dataset).")
+    limit: int = Field(50, ge=1, description="Problems: the first N of the dataset (ARITH-500 cycles "
+                                             "through levels 1-5, so the first 5m hold m of each level).")
     branches: list[int] = Field([1, 4, 16], min_length=1, description="B values (and N of best-of-N).")
     service_methods: list[str] = Field(["majority", "weighted_majority", "best_of_n"], min_length=1,
                                        description="Service methods run at each B > 1.")
@@ -253,7 +254,9 @@ async def _probe(url: str, request) -> tuple[int | None, str | None]:
     """Send one request; return its status and error message (None when it succeeded)."""
     import httpx
 
-    async with httpx.AsyncClient() as client:
+    api_key = getattr(request, "api_key", None)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    async with httpx.AsyncClient(headers=headers) as client:
         try:
             response = await client.post(f"{url}{request.path}", json=request.body("1 + 1"),
                                          timeout=request.request_timeout_s)
@@ -391,6 +394,23 @@ def figures(results: Sequence[Measured], config: BenchConfig) -> dict[str, Any]:
     return out
 
 
+def plot_document(document: dict[str, Any], out: str | Path) -> Path:
+    """Draw ``bench.json``'s curves as the accuracy-latency PNG at ``out`` (so the plot can be
+    redrawn without measuring again). The service's sampled B=1 point starts every fixed-B
+    service curve: one branch is the same request whatever the merge."""
+    curves = {system: [Measured.model_validate(m) for m in ms] for system, ms in document["curves"].items()}
+    temperature = document["config"]["temperature"]
+    single = next((m for m in curves.get(f"{SERVICE_PREFIX}single", []) if m.label == f"T={temperature:g} B=1"),
+                  None)
+    plotted = {system: [m.point() for m in ms] for system, ms in curves.items()}
+    for method in document["config"]["service_methods"]:
+        if single is not None and f"{SERVICE_PREFIX}{method}" in plotted:
+            plotted[f"{SERVICE_PREFIX}{method}"].insert(0, single.point())
+    return plot_curves(plotted, out, markers_only={ONE_SAMPLE},
+                       title=f"{document['dataset']}, first {document['num_problems']} problems: "
+                             "accuracy against mean latency")
+
+
 def run_bench(config: BenchConfig, command: str = "tts-ray bench") -> dict[str, Any]:
     """Measure every system, write ``bench.json`` and ``bench.png`` into ``config.out_dir``,
     print the headline figures, and return the JSON document.
@@ -415,16 +435,11 @@ def run_bench(config: BenchConfig, command: str = "tts-ray bench") -> dict[str, 
     curves: dict[str, list[Measured]] = {}
     for m in results:
         curves.setdefault(m.system, []).append(m)
-    # the B=1 sample belongs on every fixed-B service curve
-    single = _find(results, f"{SERVICE_PREFIX}single", f"T={config.temperature:g} B=1")
-    plotted = {system: [m.point() for m in ms] for system, ms in curves.items()}
-    for method in config.service_methods:
-        if single and f"{SERVICE_PREFIX}{method}" in plotted:
-            plotted[f"{SERVICE_PREFIX}{method}"].insert(0, single.point())
 
     document = {
         **figures(results, config),
         "num_problems": len(problems),
+        "problem_ids": [p.unique_id for p in problems],
         "dataset": config.dataset,
         "latency": "mean per-problem wall time, one request at a time, same problems for every system",
         "curves": {system: [m.model_dump() for m in ms] for system, ms in curves.items()},
@@ -437,8 +452,7 @@ def run_bench(config: BenchConfig, command: str = "tts-ray bench") -> dict[str, 
     }
     config.out_dir.mkdir(parents=True, exist_ok=True)
     (config.out_dir / "bench.json").write_text(json.dumps(document, indent=2) + "\n")
-    plot_curves(plotted, config.out_dir / "bench.png",
-                title=f"{config.dataset}, {len(problems)} problems: accuracy against latency")
+    plot_document(document, config.out_dir / "bench.png")
     headline = {k: document[k] for k in ("router_overhead_ratio", "branch16_over_branch1_latency",
                                           "speedup_vs_sequential_best_of_n", "dominates_peers", "skipped")}
     print(json.dumps(headline, indent=2))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -53,9 +53,10 @@ def dominance_violations(system: Sequence[CurvePoint],
 
 
 def plot_curves(curves: Mapping[str, Sequence[CurvePoint]], out: str | Path,
-                title: str = "Accuracy against latency") -> Path:
-    """Draw one curve per system (points sorted by latency, each labelled), ring the points on
-    the Pareto front of all systems together, and save a PNG at ``out`` (folders created).
+                title: str = "Accuracy against latency", markers_only: Collection[str] = ()) -> Path:
+    """Draw one curve per system (points sorted by latency, each labelled; systems named in
+    ``markers_only`` as unconnected points), ring the points on the Pareto front of all
+    systems together, and save a PNG at ``out`` (folders created).
 
     Raises:
         ValueError: no system has a point.
@@ -63,6 +64,7 @@ def plot_curves(curves: Mapping[str, Sequence[CurvePoint]], out: str | Path,
     if not any(curves.values()):
         raise ValueError("nothing to plot: every curve is empty")
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")  # files only: no display here, in CI or in a Ray job
     import matplotlib.pyplot as plt
@@ -78,7 +80,8 @@ def plot_curves(curves: Mapping[str, Sequence[CurvePoint]], out: str | Path,
             continue
         ordered = sorted(points, key=lambda p: p.latency_s)
         xs, ys = [p.latency_s for p in ordered], [100 * p.accuracy for p in ordered]
-        (line,) = ax.plot(xs, ys, marker=markers[i % len(markers)], label=system, linewidth=1.6)
+        (line,) = ax.plot(xs, ys, marker=markers[i % len(markers)], label=system, linewidth=1.6,
+                          linestyle="none" if system in markers_only else "-")
         for p in ordered:
             ax.annotate(p.label, (p.latency_s, 100 * p.accuracy), textcoords="offset points",
                         xytext=(4, 4), fontsize=6.5, color=line.get_color())
@@ -86,6 +89,9 @@ def plot_curves(curves: Mapping[str, Sequence[CurvePoint]], out: str | Path,
     ax.scatter([x for x, _ in pareto], [100 * y for _, y in pareto], s=170, facecolors="none",
                edgecolors="black", linewidths=1.4, label="Pareto front (all systems)", zorder=5)
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("mean latency per problem (s, log scale)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
