@@ -7,13 +7,13 @@ averaging over random B-subsets, so one sampling pass gives the whole curve B = 
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Sequence
-from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from tts_ray.planner.profile import JsonFile
 
 SUBSET_DRAWS = 64  # random B-subsets per problem and B: enough for a smooth curve
 
@@ -50,10 +50,8 @@ class ModelCalibration(BaseModel):
         return expected
 
 
-class Calibration(BaseModel):
+class Calibration(JsonFile):
     """What ``tts-ray calibrate`` measured."""
-
-    model_config = ConfigDict(extra="forbid")
 
     dataset: str = Field(..., description="Dataset the accuracy was measured on.")
     problems: int = Field(..., ge=1, description="Problems used.")
@@ -62,21 +60,6 @@ class Calibration(BaseModel):
     models: dict[str, ModelCalibration] = Field(..., description="Per model id.")
     created: str = Field("", description="ISO time of the measurement.")
     command: str = Field("", description="The command that produced it.")
-
-    @classmethod
-    def load(cls, path: str | Path) -> Calibration:
-        """Read a calibration file.
-
-        Raises:
-            FileNotFoundError: no such file; pydantic.ValidationError: malformed.
-        """
-        return cls.model_validate(json.loads(Path(path).read_text()))
-
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.model_dump_json(indent=2) + "\n")
-        return path
 
 
 def _pick(answers: Sequence[str | None], weights: Sequence[float], how: str) -> str | None:

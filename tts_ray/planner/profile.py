@@ -14,6 +14,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class JsonFile(_Strict):
+    """A measured file the planner reads (profile or calibration): JSON on disk."""
+
+    @classmethod
+    def load(cls, path: str | Path):
+        """Read the file.
+
+        Raises:
+            FileNotFoundError: no such file; pydantic.ValidationError: malformed.
+        """
+        return cls.model_validate(json.loads(Path(path).read_text()))
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.model_dump_json(indent=2) + "\n")
+        return path
+
+
 class SpeedCurve(_Strict):
     """Decode speed of one engine configuration (a target with draft length k) on one replica.
 
@@ -104,7 +123,7 @@ class PoolProfile(_Strict):
         raise KeyError(f"no curve for num_speculative_tokens={k}")
 
 
-class ClusterProfile(_Strict):
+class ClusterProfile(JsonFile):
     """Everything ``tts-ray profile`` measured on one kind of device."""
 
     device: str = Field(..., description="Where it was measured (GPU name, or CPU description).")
@@ -112,18 +131,3 @@ class ClusterProfile(_Strict):
     command: str = Field("", description="The command that produced it.")
     pools: dict[str, PoolProfile] = Field(default_factory=dict, description="Per generator pool name.")
     scoring: ScoringCurve | None = Field(None, description="Reward scoring time, if measured.")
-
-    @classmethod
-    def load(cls, path: str | Path) -> ClusterProfile:
-        """Read a profile file.
-
-        Raises:
-            FileNotFoundError: no such file; pydantic.ValidationError: malformed.
-        """
-        return cls.model_validate(json.loads(Path(path).read_text()))
-
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.model_dump_json(indent=2) + "\n")
-        return path
