@@ -118,3 +118,28 @@ def test_plot_document_redraws_bench_json(tmp_path):
     out = plot_document(document, tmp_path / "bench.png")
     assert out.read_bytes()[:8] == PNG_MAGIC
     assert image.imread(out).shape[2] in (3, 4)
+
+
+def test_refigure_recomputes_a_saved_bench_json(tmp_path):
+    import json
+
+    from tts_ray.eval.bench import refigure
+
+    config = BenchConfig(branches=[1, 16], service_methods=["majority"])
+    results = [measured(ONE_SAMPLE, "greedy", [True, True], [1.0, 1.0]),
+               measured(SEQUENTIAL_BON, "N=16", [True, False], [8.0, 8.0]),
+               measured("tts_ray single", "greedy B=1", [True, True], [1.5, 1.5], temperature=0.0),
+               measured("tts_ray majority", "B=16", [True, False], [2.0, 2.0], temperature=0.7)]
+    curves = {}
+    for m in results:
+        curves.setdefault(m.system, []).append(m.model_dump())
+    saved = tmp_path / "in" / "bench.json"
+    saved.parent.mkdir()
+    saved.write_text(json.dumps({"curves": curves, "config": config.model_dump(mode="json"),
+                                 "dataset": "arith500", "num_problems": 2, "router_overhead_ratio": 99.0}))
+    document = refigure(saved, tmp_path / "out")
+    assert document["router_overhead_ratio"] == pytest.approx(1.5)
+    assert document["speedup_vs_sequential_best_of_n"] == pytest.approx(8.0 / 1.5)  # greedy B=1 is as accurate
+    assert document["speedup_vs_sequential_best_of_n_sampled_only"] == pytest.approx(4.0)
+    assert json.loads((tmp_path / "out" / "bench.json").read_text()) == document
+    assert (tmp_path / "out" / "bench.png").read_bytes()[:8] == PNG_MAGIC

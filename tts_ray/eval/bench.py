@@ -331,6 +331,22 @@ def _find(results: Sequence[Measured], system: str, label: str) -> Measured | No
     return next((m for m in results if m.system == system and m.label == label), None)
 
 
+def _speedups(results: Sequence[Measured], service: Sequence[Measured]) -> dict[str, dict[str, Any]]:
+    """For each sequential best-of-N point: the fastest of ``service`` at least as accurate,
+    and the latency ratio (None where no service configuration is that accurate)."""
+    speedups = {}
+    for m in (r for r in results if r.system == SEQUENTIAL_BON):
+        as_good = [s for s in service if s.accuracy >= m.accuracy]
+        best = min(as_good, key=lambda s: s.latency_mean_s) if as_good else None
+        speedups[m.label] = {
+            "sequential_accuracy": m.accuracy, "sequential_latency_s": m.latency_mean_s,
+            "service_config": f"{best.system} {best.label}" if best else None,
+            "service_accuracy": best.accuracy if best else None,
+            "service_latency_s": best.latency_mean_s if best else None,
+            "speedup": m.latency_mean_s / best.latency_mean_s if best else None}
+    return speedups
+
+
 def figures(results: Sequence[Measured], config: BenchConfig) -> dict[str, Any]:
     """The headline ratios from the measurements (None where a needed system is missing).
 
@@ -339,7 +355,8 @@ def figures(results: Sequence[Measured], config: BenchConfig) -> dict[str, Any]:
     - ``branch16_over_branch1_latency``: the service's first method at B=16 over its B=1
       (both at the sampling temperature);
     - ``speedup_vs_sequential_best_of_n``: sequential best-of-N at its largest N over the
-      fastest service configuration at least as accurate;
+      fastest service configuration at least as accurate (``..._sampled_only``: among the
+      service's sampled configurations, greedy decoding left out);
     - ``dominates_peers``: at every peer point's latency, the service's best accuracy within
       that latency is at least the peer's (violations listed in ``dominance``).
     """
@@ -365,19 +382,16 @@ def figures(results: Sequence[Measured], config: BenchConfig) -> dict[str, Any]:
         for method in config.service_methods
         if sampled_ours and (m := _find(results, f"{SERVICE_PREFIX}{method}", "B=16"))}
 
-    speedups = {}
-    for m in (r for r in results if r.system == SEQUENTIAL_BON):
-        faster = [s for s in service if s.accuracy >= m.accuracy]
-        best = min(faster, key=lambda s: s.latency_mean_s) if faster else None
-        speedups[m.label] = {
-            "sequential_accuracy": m.accuracy, "sequential_latency_s": m.latency_mean_s,
-            "service_config": f"{best.system} {best.label}" if best else None,
-            "service_accuracy": best.accuracy if best else None,
-            "service_latency_s": best.latency_mean_s if best else None,
-            "speedup": m.latency_mean_s / best.latency_mean_s if best else None}
     largest = f"N={max(config.branches)}"
+    speedups = _speedups(results, service)
     out["speedup_vs_sequential_best_of_n"] = speedups.get(largest, {}).get("speedup")
     out["speedup_vs_sequential_best_of_n_by_n"] = speedups
+    # The same comparison among sampled service configurations only (greedy decoding left out),
+    # i.e. test-time scaling against test-time scaling.
+    sampled = [m for m in service if m.settings.get("temperature") != 0.0]
+    sampled_speedups = _speedups(results, sampled)
+    out["speedup_vs_sequential_best_of_n_sampled_only"] = sampled_speedups.get(largest, {}).get("speedup")
+    out["speedup_vs_sequential_best_of_n_sampled_only_by_n"] = sampled_speedups
 
     if service and peers:
         violations = dominance_violations([m.point() for m in service], peers)
@@ -409,6 +423,27 @@ def plot_document(document: dict[str, Any], out: str | Path) -> Path:
     return plot_curves(plotted, out, markers_only={ONE_SAMPLE},
                        title=f"{document['dataset']}, first {document['num_problems']} problems: "
                              "accuracy against mean latency")
+
+
+def refigure(path: str | Path, out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Recompute the figures of a saved ``bench.json`` from its curves (no measuring), write
+    it back (to ``out_dir`` if given) with ``bench.png`` beside it, and return it.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+    """
+    path = Path(path)
+    document = json.loads(path.read_text())
+    config = BenchConfig.model_validate(document["config"])
+    results = [Measured.model_validate(m) for ms in document["curves"].values() for m in ms]
+    for key in [k for k in document if k.startswith(("router_overhead", "branch16", "speedup", "dominance"))]:
+        del document[key]
+    document = {**figures(results, config), **{k: v for k, v in document.items() if k != "dominates_peers"}}
+    out = Path(out_dir) if out_dir is not None else path.parent
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(document, indent=2) + "\n")
+    plot_document(document, out / "bench.png")
+    return document
 
 
 def run_bench(config: BenchConfig, command: str = "tts-ray bench") -> dict[str, Any]:

@@ -141,14 +141,23 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--skip-peers", action="store_true", help="measure the service only")
     parser.add_argument("--out-dir", type=Path, default=defaults.out_dir, help="for bench.json and bench.png")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.add_argument("--from-json", type=Path, default=None,
+                        help="measure nothing: recompute the figures and the plot of a saved bench.json "
+                             "(written back to --out-dir)")
     return parser
 
 
 def bench_from_args(args: argparse.Namespace) -> int:
     """Run ``tts-ray bench`` from parsed arguments (engines start here: call under a
     ``__main__`` guard)."""
-    from tts_ray.eval.bench import BenchConfig, run_bench
+    from tts_ray.eval.bench import BenchConfig, refigure, run_bench
 
+    if args.from_json is not None:
+        document = refigure(args.from_json, args.out_dir)
+        print(json.dumps({k: document[k] for k in ("router_overhead_ratio", "branch16_over_branch1_latency",
+                                                   "speedup_vs_sequential_best_of_n", "dominates_peers")},
+                         indent=2))
+        return 0
     config = BenchConfig(dataset=args.dataset, limit=args.limit, branches=args.branches,
                          service_methods=args.service_methods, config=args.config, url=args.url,
                          temperature=args.temperature, max_tokens=args.max_tokens, warmup=args.warmup,
