@@ -420,7 +420,8 @@ def plot_document(document: dict[str, Any], out: str | Path) -> Path:
     for method in document["config"]["service_methods"]:
         if single is not None and f"{SERVICE_PREFIX}{method}" in plotted:
             plotted[f"{SERVICE_PREFIX}{method}"].insert(0, single.point())
-    return plot_curves(plotted, out, markers_only={ONE_SAMPLE},
+    # one-sample systems hold unrelated settings (greedy, sampled): points, not a curve
+    return plot_curves(plotted, out, markers_only={ONE_SAMPLE, f"{SERVICE_PREFIX}single"},
                        title=f"{document['dataset']}, first {document['num_problems']} problems: "
                              "accuracy against mean latency")
 

@@ -73,7 +73,7 @@ def plot_curves(curves: Mapping[str, Sequence[CurvePoint]], out: str | Path,
     out.parent.mkdir(parents=True, exist_ok=True)
     everything = [p for points in curves.values() for p in points]
     front = {(p.latency_s, p.accuracy) for p in pareto_front(everything)}
-    fig, ax = plt.subplots(figsize=(8.5, 5.5), dpi=120)
+    fig, ax = plt.subplots(figsize=(10.5, 5.5), dpi=120)
     markers = "osD^vP*Xh<>"
     for i, (system, points) in enumerate(curves.items()):
         if not points:
@@ -96,7 +96,7 @@ def plot_curves(curves: Mapping[str, Sequence[CurvePoint]], out: str | Path,
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     fig.savefig(out, format="png")
     plt.close(fig)
