@@ -15,6 +15,11 @@ from tts_ray.constants import REPO_DIR
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
+# The session's app requires this API key (start_app passes TTS_RAY_API_KEYS to the replicas);
+# the helpers here send it unless told otherwise.
+TEST_API_KEY = "sk-tts-ray-integration-test"
+AUTH_HEADERS = {"Authorization": f"Bearer {TEST_API_KEY}"}
+
 
 def pytest_collection_modifyitems(items):
     for item in items:
@@ -31,17 +36,23 @@ def service_url():
 
     from tts_ray.serve.local import start_app
 
+    os.environ["TTS_RAY_API_KEYS"] = TEST_API_KEY
     url = start_app(REPO_DIR / "deployments" / "local.yaml", quiet=True)
     yield url
     serve.shutdown()
     ray.shutdown()
 
 
-def post_json(url: str, body, raw: bytes | None = None, headers: dict | None = None):
-    """POST ``body`` as JSON (or ``raw`` bytes); returns (status, parsed JSON body) for success
-    and error answers alike. A ``headers`` dict, if given, receives the response headers."""
+def post_json(url: str, body, raw: bytes | None = None, headers: dict | None = None,
+              api_key: str | None = TEST_API_KEY):
+    """POST ``body`` as JSON (or ``raw`` bytes) with ``api_key`` as the Bearer token (None: no
+    key); returns (status, parsed JSON body) for success and error answers alike. A ``headers``
+    dict, if given, receives the response headers."""
     data = raw if raw is not None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    request_headers = {"Content-Type": "application/json"}
+    if api_key is not None:
+        request_headers["Authorization"] = f"Bearer {api_key}"
+    request = urllib.request.Request(url, data=data, headers=request_headers)
     try:
         with urllib.request.urlopen(request, timeout=600) as response:
             if headers is not None:
@@ -50,4 +61,15 @@ def post_json(url: str, body, raw: bytes | None = None, headers: dict | None = N
     except urllib.error.HTTPError as error:
         if headers is not None:
             headers.update(error.headers)
+        return error.code, json.loads(error.read())
+
+
+def get_json(url: str, api_key: str | None = TEST_API_KEY, timeout: float = 30):
+    """GET ``url`` with ``api_key`` as the Bearer token (None: no key); returns (status, parsed
+    JSON body) for success and error answers alike."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
