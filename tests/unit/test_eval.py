@@ -4,10 +4,12 @@ import csv
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 
-from tts_ray.eval.cli import branches_arg, main as eval_main
+from tts_ray.eval.cli import branches_arg
+from tts_ray.eval.cli import main as eval_main
 from tts_ray.eval.datasets import load_dataset
 from tts_ray.eval.runner import (
     EvalConfig,
@@ -26,7 +28,7 @@ class FakeService(BaseHTTPRequestHandler):
     """Answers like the router: problems 0-7 right, 8-9 wrong, 10 with HTTP 408, 11 with no
     boxed answer. Records every request body."""
 
-    bodies: list = []
+    bodies: ClassVar[list] = []
 
     def log_message(self, *args):
         pass
