@@ -21,5 +21,14 @@ def build_app(args: dict[str, Any]):
     config = AppConfig.model_validate(args)
     generators = [build_generator(pool) for pool in config.generators]
     reward = build_reward(config.reward) if config.reward is not None else None
-    return Router.options(num_replicas=config.router.num_replicas).bind(
+    return Router.options(**router_options(config)).bind(
         config.model_dump(), generators, build_budget(config), reward)
+
+
+def router_options(config: AppConfig) -> dict[str, Any]:
+    """The router deployment's Serve options: replicas and bounded queues (past
+    ``max_queued_requests`` waiting requests Serve answers 503 with ``Retry-After`` at once)."""
+    router = config.router
+    return {"num_replicas": router.num_replicas, "max_ongoing_requests": router.max_ongoing_requests,
+            "max_queued_requests": router.max_queued_requests,
+            "backpressure_config": {"status_code": 503, "retry_after_s": router.backpressure_retry_after_s}}

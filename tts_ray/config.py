@@ -194,6 +194,29 @@ class RouterConfig(_Strict):
                                         "at which sampling stops.")
     speed_ewma_alpha: float = Field(0.2, gt=0, le=1, description="Weight of each finished branch in "
                                                                  "the live speed correction.")
+    # Security and limits (tts_ray/serve/security.py). Keys never live in this config: it
+    # names where they are (an env var, a file such as a mounted Kubernetes Secret).
+    api_keys_env: str | None = Field(
+        "TTS_RAY_API_KEYS", description="Env var of the router replicas holding accepted API keys, "
+                                        "comma-separated. Keys from here and from the key file are "
+                                        "both accepted; with none at all, auth is off.")
+    api_keys_file: str | None = Field(
+        None, description="File of accepted API keys (one per line or comma-separated, '#' comments), "
+                          "re-read when it changes; None: the path in the env var TTS_RAY_API_KEYS_FILE, "
+                          "if set.")
+    require_api_keys: bool = Field(False, description="Refuse to start without any key configured "
+                                                      "(fail closed instead of serving openly).")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted (413 above).")
+    max_json_depth: int = Field(32, ge=4, description="Deepest JSON nesting accepted in a body (400 above).")
+    max_prompt_tokens: int = Field(8192, ge=1, description="Longest prompt accepted, in the target's "
+                                                           "tokens after the chat template (400 above); "
+                                                           "prompt + max_tokens must also fit the pools' "
+                                                           "max_model_len.")
+    max_ongoing_requests: int = Field(256, ge=1, description="Requests one router replica handles at once.")
+    max_queued_requests: int = Field(
+        512, ge=-1, description="Requests waiting for a router replica beyond those; more get 503 with "
+                                "Retry-After from Serve at once (-1: unbounded).")
+    backpressure_retry_after_s: float = Field(1.0, ge=0, description="Retry-After of those 503s, seconds.")
 
     @model_validator(mode="after")
     def _defaults_within_limits(self) -> RouterConfig:

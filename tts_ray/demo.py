@@ -9,6 +9,8 @@ the replicas that served the branches, and the timings.
 from __future__ import annotations
 
 import argparse
+import os
+import secrets
 import time
 
 from tts_ray.constants import REPO_DIR
@@ -29,11 +31,18 @@ def main(argv: list[str] | None = None) -> int:
     from tts_ray.serve.local import start_app
     from tts_ray.testbed.arith import arith500
 
+    # The service runs with API keys on: the ones in $TTS_RAY_API_KEYS, else a fresh one.
+    if not os.environ.get("TTS_RAY_API_KEYS", "").strip():
+        os.environ["TTS_RAY_API_KEYS"] = f"sk-demo-{secrets.token_urlsafe(16)}"
+    api_key = os.environ["TTS_RAY_API_KEYS"].split(",")[0].strip()
     started = time.perf_counter()
     print("starting the service (engine start-up takes a few minutes on 2 cores)...", flush=True)
     url = start_app(args.config, quiet=True)
-    print(f"\ntts_ray is up at {url}/v1 after {time.perf_counter() - started:.0f}s\n")
-    client = OpenAI(base_url=f"{url}/v1", api_key="not-needed-locally")
+    print(f"\ntts_ray is up at {url}/v1 after {time.perf_counter() - started:.0f}s")
+    print(f"API keys are on; pass one as a Bearer token (GET {url}/health needs none):\n"
+          f"  curl {url}/v1/models -H 'Authorization: Bearer {api_key}'\n"
+          f"  OpenAI(base_url='{url}/v1', api_key='{api_key}')\n")
+    client = OpenAI(base_url=f"{url}/v1", api_key=api_key)
     model = client.models.list().data[0].id
     for record in arith500()[2: 2 + args.problems]:
         print(f"[{record['unique_id']}, level {record['level']}] {record['problem']}")

@@ -4,6 +4,7 @@ file written, counts consistent between them."""
 import csv
 import json
 
+from tests.integration.conftest import TEST_API_KEY
 from tts_ray.eval.cli import main as eval_main
 from tts_ray.eval.plot import CurvePoint, plot_curves
 
@@ -13,6 +14,7 @@ NUM_PROBLEMS = 20
 def test_eval_of_20_arith_problems_against_the_service(service_url, tmp_path, capsys):
     out = tmp_path / "eval"
     code = eval_main(["--dataset", "arith500", "--limit", str(NUM_PROBLEMS), "--url", service_url,
+                      "--api-key", TEST_API_KEY,
                       "--method", "majority", "--branches", "4", "--budget", "120", "--concurrency", "4",
                       "--out", str(out), "--no-progress"])
     assert code == 0, capsys.readouterr().err

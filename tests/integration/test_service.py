@@ -9,6 +9,7 @@ import urllib.request
 
 import pytest
 
+from tests.integration.conftest import TEST_API_KEY
 from tests.integration.conftest import post_json as _post
 from tts_ray.grading import extract_answer
 from tts_ray.testbed.arith import arith500
@@ -80,7 +81,7 @@ def test_search_methods_return_a_scored_solution(service_url, method):
 def test_openai_client_chat_completions_and_streaming(service_url):
     from openai import OpenAI
 
-    client = OpenAI(base_url=f"{service_url}/v1", api_key="unused")
+    client = OpenAI(base_url=f"{service_url}/v1", api_key=TEST_API_KEY)
     models = [m.id for m in client.models.list().data]
     assert models == ["arith-target"]
     chat = client.chat.completions.create(model="arith-target",

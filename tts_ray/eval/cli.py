@@ -78,6 +78,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--out", type=Path, required=True,
                         help="folder for results.jsonl, summary.json and summary.csv")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--api-key", default=None,
+                        help="Bearer key for a service with API keys on (default: $TTS_RAY_API_KEY)")
     return parser
 
 
@@ -92,7 +94,8 @@ def run_from_args(args: argparse.Namespace) -> int:
                           latency_budget_s=args.latency_budget_s,
                           seed=args.seed, model=args.model, max_tokens=args.max_tokens,
                           temperature=args.temperature, endpoint=args.endpoint,
-                          request_timeout_s=args.request_timeout_s)
+                          request_timeout_s=args.request_timeout_s,
+                          **({"api_key": args.api_key} if args.api_key else {}))
     config = EvalConfig(dataset=args.dataset, dataset_source=args.dataset_source, limit=args.limit,
                         url=args.url, config=args.config, concurrency=args.concurrency, request=request,
                         out=args.out, progress=not args.no_progress)

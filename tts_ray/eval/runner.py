@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -49,6 +50,10 @@ class EvalRequest(BaseModel):
     endpoint: Literal["chat", "completions"] = Field(
         "chat", description="POST /v1/chat/completions (problem as the user message) or /v1/completions.")
     request_timeout_s: float = Field(900.0, gt=0, description="Client-side timeout of one request.")
+    api_key: str | None = Field(
+        default_factory=lambda: os.environ.get("TTS_RAY_API_KEY") or None, exclude=True, repr=False,
+        description="Bearer key for a service with API keys on (default: $TTS_RAY_API_KEY); never "
+                    "written to the outputs.")
 
     @field_validator("branches")
     @classmethod
@@ -173,7 +178,8 @@ async def evaluate(problems: Sequence[Problem], url: str, request: EvalRequest, 
         bar.set_postfix(acc=f"{counts['correct'] / counts['done']:.1%}", errors=counts["errors"], refresh=False)
         bar.update(1)
 
-    async with httpx.AsyncClient(limits=limits) as client:
+    headers = {"Authorization": f"Bearer {request.api_key}"} if request.api_key else None
+    async with httpx.AsyncClient(limits=limits, headers=headers) as client:
         await check_health(client, url)
         bar = tqdm(total=len(problems), desc=desc, unit="problem", disable=not progress, file=sys.stderr,
                    dynamic_ncols=True)

@@ -118,6 +118,7 @@ class MethodResult:
     timings_s: dict[str, float] = field(default_factory=dict)
     search_steps: int | None = None
     partial: bool = False  # no branch finished in time: the answer comes from partial text
+    degraded: str | None = None  # why the merge fell back, e.g. to a plain vote when scoring failed
 
     @property
     def num_tokens(self) -> int:

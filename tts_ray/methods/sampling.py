@@ -33,12 +33,21 @@ async def _sample_and_vote(ctx: MethodContext, prompt: str, method: str, count: 
     branches, generate_s = await sample_branches(ctx, prompt, count, scored=scored)
     timings = {"generate": generate_s}
     pool, partial = mergeable(branches)
+    degraded = None
     if scored and pool:
-        timings["score"] = await score_branches(ctx, method, prompt, pool)
+        try:
+            timings["score"] = await score_branches(ctx, method, prompt, pool)
+        except Exception as exc:  # noqa: BLE001 - any reward failure degrades, never fails, the answer
+            # The reward deployment failed: the branches are still good for a plain vote.
+            degraded = f"reward model unavailable ({type(exc).__name__}): plain majority vote"
+            for branch in pool:
+                branch.step_scores = branch.score = None
     started = time.perf_counter()
     answers = [b.answer for b in pool]
     if not pool:
         vote = VoteResult(answer=None)
+    elif degraded is not None:
+        vote = majority_vote(answers, ctx.equivalent)
     elif method == "weighted_majority":
         vote = weighted_vote(answers, [b.score or 0.0 for b in pool], ctx.equivalent)
     elif method == "best_of_n":
@@ -46,7 +55,9 @@ async def _sample_and_vote(ctx: MethodContext, prompt: str, method: str, count: 
     else:
         vote = majority_vote(answers, ctx.equivalent)
     timings["merge"] = time.perf_counter() - started
-    return _result(method, vote, pool, branches, partial, timings)
+    result = _result(method, vote, pool, branches, partial, timings)
+    result.degraded = degraded
+    return result
 
 
 async def single(ctx: MethodContext, prompt: str) -> MethodResult:

@@ -60,7 +60,9 @@ def _run(problems: Sequence[Problem], url: str, concurrency: int, label: str, **
 def _status(url: str) -> dict[str, Any]:
     import httpx
 
-    return httpx.get(f"{url}/v1/tts/status", timeout=30).json()
+    key = EvalRequest().api_key  # $TTS_RAY_API_KEY, as the bench's requests use
+    return httpx.get(f"{url}/v1/tts/status", timeout=30,
+                     headers={"Authorization": f"Bearer {key}"} if key else None).json()
 
 
 def run_planner_bench(url: str, out: str | Path, limit: int = 100, budgets_s: Sequence[float] = (1.5, 3.0, 6.0),

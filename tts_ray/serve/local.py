@@ -15,6 +15,8 @@ from tts_ray.constants import CPU_KVCACHE_SPACE_GIB
 # More logical CPUs than the machine's cores: replicas mostly wait on their engine processes,
 # and with only 2 cores the ingress could not be scheduled otherwise.
 LOCAL_NUM_CPUS = 8
+# Passed on to the replicas when set here: where the router finds its API keys.
+API_KEY_ENV_VARS = ("TTS_RAY_API_KEYS", "TTS_RAY_API_KEYS_FILE")
 
 
 def read_serve_config(path: str | Path) -> dict[str, Any]:
@@ -43,6 +45,8 @@ def start_app(config_path: str | Path, host: str | None = None, port: int | None
     port = port or http.get("port", 8000)
     env_vars = {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_SPACE_GIB),
                 **application.get("runtime_env", {}).get("env_vars", {})}
+    # The router reads its API keys from these (RouterConfig.api_keys_env / api_keys_file).
+    env_vars.update({name: os.environ[name] for name in API_KEY_ENV_VARS if name in os.environ})
     os.environ.update(env_vars)
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, num_cpus=LOCAL_NUM_CPUS,

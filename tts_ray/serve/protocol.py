@@ -38,7 +38,8 @@ class TTSOptions(BaseModel):
     early_stop: StrictBool | None = Field(
         None, description="Sample in windows and stop once the vote is settled (sampling methods).")
     latency_budget_s: float | None = Field(None, gt=0, description="Wall-clock budget for the answer.")
-    seed: int | None = Field(None, ge=0, description="Base sampling seed (branch i uses seed + i).")
+    seed: int | None = Field(None, ge=0, lt=2**63,
+                             description="Base sampling seed (branch i uses seed + i); below 2**63.")
 
 
 class _OpenAIRequest(BaseModel):

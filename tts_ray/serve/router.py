@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
+import os
 import time
 import uuid
 from dataclasses import asdict
@@ -21,6 +23,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
 from tts_ray.config import AppConfig, resolve_model_source
 from tts_ray.engines.base import Completion
@@ -35,19 +39,46 @@ from tts_ray.serve.protocol import (
     CompletionRequestBody,
     validation_message,
 )
+from tts_ray.serve.security import APIKeys, Guard, GuardMiddleware, parse_json_body, read_body_limited
+
+logger = logging.getLogger("ray.serve")
 
 # Backstop after the deadline in case a method overruns it (it should stop its branches first).
 HARD_DEADLINE_GRACE_S = 0.2
+# Errors that say a replica (not the request) failed: the branch may run again elsewhere.
+REPLICA_FAILURES: tuple[type[BaseException], ...] = (
+    RayActorError, BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError)
+# A branch is re-run on another pool only if at least this much of its deadline is left.
+MIN_RETRY_S = 0.5
 
 app = FastAPI(title="tts_ray", description="Latency-aware test-time scaling over vLLM")
 
 
-class HandleGenerator:
-    """The ``Generator`` protocol over a generator deployment's handle."""
+def _replica_guard() -> Guard | None:
+    """The guard of the Router this Serve replica runs (None outside a replica or before it is
+    constructed, which the middleware answers with 503)."""
+    try:
+        return getattr(serve.get_replica_context().servable_object, "guard", None)
+    except Exception:  # noqa: BLE001 - not inside a replica
+        return None
 
-    def __init__(self, handle, model_id: str, seed: int | None = None) -> None:
+
+# API keys and the body-size limit in front of every route (added before serve.ingress
+# freezes the app). /health stays open.
+app.add_middleware(GuardMiddleware, guard=_replica_guard)
+
+
+class HandleGenerator:
+    """The ``Generator`` protocol over a generator deployment's handle. ``fallbacks`` are the
+    handles of other pools serving the same model: a branch whose replica fails (dies, is
+    unreachable, sheds it) runs again on the next of them while its deadline leaves
+    ``MIN_RETRY_S``; ``retried`` counts those re-runs."""
+
+    def __init__(self, handle, model_id: str, seed: int | None = None, fallbacks: list | None = None) -> None:
         self.handle, self.model_id = handle, model_id
         self._seed = seed
+        self.fallbacks = list(fallbacks or [])
+        self.retried = 0
 
     async def generate(self, prompt: str, *, max_tokens: int, temperature: float,
                        stop: list[str] | None = None, add_special_tokens: bool = True,
@@ -64,7 +95,16 @@ class HandleGenerator:
                                     add_special_tokens=add_special_tokens, **kwargs)
         # Cancelling this await (deadline, client gone) cancels the replica call, which
         # aborts the engine request.
-        result = await self.handle.generate_branch.remote(request, deadline_s)
+        handles = [self.handle, *self.fallbacks]
+        for attempt, handle in enumerate(handles):
+            try:
+                result = await handle.generate_branch.remote(request, deadline_s)
+                break
+            except REPLICA_FAILURES:
+                time_left = None if deadline_s is None else deadline_s - time.time()
+                if attempt == len(handles) - 1 or (time_left is not None and time_left < MIN_RETRY_S):
+                    raise
+                self.retried += 1
         return Completion(text=result["text"], num_tokens=result["num_tokens"],
                           finish_reason=result["finish_reason"], stop_reason=result["stop_reason"],
                           replica=result["replica"], spec_accepted_tokens=result["spec_accepted_tokens"],
@@ -112,6 +152,16 @@ class Router:
         # ("CPU Generator does not use offset"), so seeds are passed to GPU pools only.
         self.seeds_supported = {pool.name: pool.accelerator_type is not None for pool in self.config.generators}
         self._background: set[asyncio.Task] = set()
+        router = self.config.router
+        # Read by GuardMiddleware on every request (keys from the env var and/or key file).
+        self.guard = Guard(APIKeys(router.api_keys_env,
+                                   router.api_keys_file or os.environ.get("TTS_RAY_API_KEYS_FILE") or None,
+                                   required=router.require_api_keys), router.max_body_bytes)
+        # The shortest context of each model's pools: prompt + max_tokens must fit any of them.
+        self.context_len: dict[str, int] = {}
+        for pool in self.config.generators:
+            self.context_len[pool.model_id] = min(pool.max_model_len,
+                                                  self.context_len.get(pool.model_id, pool.max_model_len))
 
     # --- endpoints -----------------------------------------------------------------------
 
@@ -152,7 +202,7 @@ class Router:
         except APIError as error:
             return _error_response(error)
         request_id = uuid.uuid4().hex
-        admitted = await self.budget.admit.remote(request_id, options["plan_request"])
+        admitted = await self._admit(request_id, options["plan_request"])
         if "infeasible" in admitted:
             info = admitted["infeasible"]
             retry_after = str(int(math.ceil(info["retry_after_s"])))
@@ -178,6 +228,11 @@ class Router:
                 param="tts.latency_budget_s", code="deadline_exceeded"))
         except MethodError as error:
             return _error_response(APIError(400, str(error), param="tts.method"))
+        except Exception as error:  # noqa: BLE001 - every branch failed (replicas died or erred)
+            logger.warning("request %s: no branch answered: %r", request_id, error)
+            return _error_response(APIError(
+                503, f"no branch could be answered ({type(error).__name__}); retry shortly",
+                type="service_unavailable_error", code="branches_failed"), headers={"Retry-After": "1"})
         finally:
             self._release(request_id, plan, result, time.perf_counter() - received)
         result.timings_s["queue"] = started - received
@@ -187,28 +242,40 @@ class Router:
             return StreamingResponse(self._stream(payload, chat), media_type="text/event-stream")
         return JSONResponse(payload)
 
+    async def _admit(self, request_id: str, plan_request: dict[str, Any]) -> dict[str, Any]:
+        """Ask the keeper to plan and reserve. If the client leaves meanwhile, the call still
+        completes and whatever it reserved is released, so no branch stays booked."""
+        call = asyncio.ensure_future(self._send_admit(request_id, plan_request))
+        try:
+            return await asyncio.shield(call)
+        except asyncio.CancelledError:
+            call.add_done_callback(lambda _: self._spawn(self._send_release(request_id, [], None, None)))
+            raise
+
+    async def _send_admit(self, request_id: str, plan_request: dict[str, Any]) -> dict[str, Any]:
+        return await self.budget.admit.remote(request_id, plan_request)
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def _release(self, request_id: str, plan: dict[str, Any], result: MethodResult | None,
                  elapsed_s: float) -> None:
         """Tell the keeper the request's branches are free (in the background: the answer
         does not wait for the ledger)."""
         observations = observations_of(result.branches) if result is not None else []
         actual_s = elapsed_s if result is not None and not result.partial else None
-        task = asyncio.get_running_loop().create_task(self._send_release(
-            request_id, observations, plan.get("predicted_s"), actual_s))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._spawn(self._send_release(request_id, observations, plan.get("predicted_s"), actual_s))
 
     async def _send_release(self, request_id, observations, predicted_s, actual_s) -> None:
         await self.budget.release.remote(request_id, observations, predicted_s, actual_s)
 
     async def _parse(self, request: Request, model):
-        raw = await request.body()
-        try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise APIError(400, f"request body is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise APIError(400, "request body must be a JSON object")
+        router = self.config.router
+        # GuardMiddleware refused bodies announced too large; this bounds chunked ones.
+        raw = await read_body_limited(request.stream(), router.max_body_bytes)
+        data = parse_json_body(raw, router.max_json_depth)
         try:
             return model.model_validate(data)
         except ValidationError as exc:
@@ -250,13 +317,19 @@ class Router:
         tokenizer = self.tokenizers[model_id or self.default_model]
         if chat:
             messages = [{"role": m.role, "content": m.content} for m in body.messages]
-            prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            try:
+                prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            except Exception as exc:  # noqa: BLE001 - e.g. a template that demands alternating roles
+                raise APIError(400, f"messages do not fit the model's chat template: {exc}",
+                               param="messages") from None
             add_special_tokens = False
             bos = tokenizer.bos_token or ""
             reward_prompt = prompt[len(bos):] if bos and prompt.startswith(bos) else prompt
         else:
             prompt = reward_prompt = body.prompt
             add_special_tokens = True
+        prompt_tokens = self._check_prompt_length(tokenizer, prompt, add_special_tokens, max_tokens,
+                                                  model_id or self.default_model, chat)
         early_stop = tts.early_stop if tts and tts.early_stop is not None else router.early_stop
         k = tts.num_speculative_tokens if tts else None
         plan_request = asdict(PlanRequest(
@@ -268,7 +341,35 @@ class Router:
             default_branches=router.default_branches))
         return {"plan_request": plan_request, "prompt": prompt, "reward_prompt": reward_prompt,
                 "add_special_tokens": add_special_tokens, "budget_s": budget_s, "max_tokens": max_tokens,
+                "prompt_tokens": prompt_tokens,
                 "early_stop": early_stop, "seed": tts.seed if tts and tts.seed is not None else None}
+
+    def _check_prompt_length(self, tokenizer, prompt: str, add_special_tokens: bool, max_tokens: int,
+                             model_id: str, chat: bool) -> int:
+        """The prompt's length in tokens.
+
+        Raises:
+            APIError: 400 when it is above ``router.max_prompt_tokens``, or when it plus
+                ``max_tokens`` does not fit the model's context (its pools' ``max_model_len``).
+        """
+        param = "messages" if chat else "prompt"
+        limit = self.config.router.max_prompt_tokens
+        # A prompt with more characters than the limit allows tokens cannot be shorter than the
+        # limit with a character-level tokenizer, but a BPE one packs several characters per
+        # token; only an absurd length is refused before tokenizing, to keep that cheap.
+        if len(prompt) > 32 * limit:
+            raise APIError(400, f"the prompt is longer than the limit of {limit} tokens",
+                           param=param, code="prompt_too_long")
+        count = len(tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"])
+        if count > limit:
+            raise APIError(400, f"the prompt has {count} tokens, above the limit of {limit}",
+                           param=param, code="prompt_too_long")
+        context = self.context_len[model_id]
+        if count + max_tokens > context:
+            raise APIError(400, f"the prompt ({count} tokens) plus max_tokens ({max_tokens}) is more than "
+                                f"the model's context of {context} tokens", param=param,
+                           code="context_length_exceeded")
+        return count
 
     def _context(self, body, options: dict[str, Any], plan: dict[str, Any], deadline_s: float) -> MethodContext:
         router = self.config.router
@@ -277,8 +378,10 @@ class Router:
         seed_applied = seed is not None and self.seeds_supported[pool.name]
         options["seed_applied"] = seed_applied if seed is not None else None
         scoring = (plan.get("predicted_parts_s") or {}).get("score")
+        fallbacks = [other_handle for other, other_handle in self.pools.values()
+                     if other.model_id == pool.model_id and other.name != pool.name]
         return MethodContext(
-            generator=HandleGenerator(handle, pool.model_id, seed if seed_applied else None),
+            generator=HandleGenerator(handle, pool.model_id, seed if seed_applied else None, fallbacks),
             scorer=HandleScorer(self.reward, options["reward_prompt"]) if self.reward is not None else None,
             num_branches=plan["num_branches"], max_tokens=options["max_tokens"],
             temperature=body.temperature if body.temperature is not None else router.default_temperature,
@@ -323,6 +426,13 @@ class Router:
                                                 "expected_accuracy", "auto", "fair_share")},
             "search_steps": result.search_steps,
             "seed_applied": options.get("seed_applied"),
+            # What went wrong and how the answer coped: branches whose replica failed (after any
+            # re-run elsewhere: the merge used the survivors), branches re-run on another pool,
+            # and a merge that fell back (e.g. to a plain majority when the reward model failed).
+            "faults": {"failed_branches": ctx.stats.failed,
+                       "retried_branches": getattr(ctx.generator, "retried", 0),
+                       "merged_survivors": ctx.stats.failed > 0,
+                       "degraded": result.degraded},
         }
         return {
             "id": f"{'chatcmpl' if chat else 'cmpl'}-tts-{uuid.uuid4().hex}",
@@ -330,8 +440,8 @@ class Router:
             "created": int(time.time()),
             "model": plan["model_id"],
             "choices": [choice],
-            "usage": {"prompt_tokens": 0, "completion_tokens": result.num_tokens,
-                      "total_tokens": result.num_tokens},
+            "usage": {"prompt_tokens": options["prompt_tokens"], "completion_tokens": result.num_tokens,
+                      "total_tokens": options["prompt_tokens"] + result.num_tokens},
             "tts": tts_block,
         }
 
