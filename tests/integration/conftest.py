@@ -61,7 +61,11 @@ def post_json(url: str, body, raw: bytes | None = None, headers: dict | None = N
     except urllib.error.HTTPError as error:
         if headers is not None:
             headers.update(error.headers)
-        return error.code, json.loads(error.read())
+        raw_body = error.read()
+        try:
+            return error.code, json.loads(raw_body)
+        except ValueError:  # Serve's own backpressure 503 has a plain-text body
+            return error.code, {"raw": raw_body.decode("utf-8", "replace")}
 
 
 def get_json(url: str, api_key: str | None = TEST_API_KEY, timeout: float = 30):
