@@ -39,22 +39,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _planner_records(dataset: str, limit: int | None) -> list[dict]:
     """Problems for profiling/calibration: ``arith-valid`` (ARITH's validation split, the
-    default: never the benchmark's test set), ``arith500``, or a JSONL file with ``problem``
-    and ``answer`` fields."""
+    default: never the benchmark's test set), or any dataset ``tts-ray eval`` reads
+    (``arith500``, ``math500``, a JSONL path)."""
     if dataset == "arith-valid":
         from tts_ray.testbed.train import validation_problems
 
         return validation_problems(limit or 200)
-    if dataset == "arith500":
-        from tts_ray.testbed.arith import arith500
+    from tts_ray.eval.datasets import DatasetError, load_dataset
 
-        records = arith500()
-    else:
-        path = Path(dataset)
-        if not path.is_file():
-            raise SystemExit(f"dataset {dataset!r} is neither arith-valid, arith500 nor a JSONL file")
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return records[:limit] if limit else records
+    try:
+        return [p.model_dump() for p in load_dataset(dataset, limit=limit).problems]
+    except DatasetError as exc:
+        raise SystemExit(f"tts-ray: {exc}") from None
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
@@ -149,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("calibrate", help="measure expected accuracy per (method, branches) on a dataset")
     p.add_argument("--config", type=Path, default=Path("deployments/local.yaml"))
     p.add_argument("--out", type=Path, required=True, help="calibration file to write (JSON)")
-    p.add_argument("--dataset", default="arith-valid", help="arith-valid, arith500 or a JSONL path")
+    p.add_argument("--dataset", default="arith-valid", help="arith-valid, arith500, math500 or a JSONL path")
     p.add_argument("--limit", type=int, default=200, help="problems used")
     p.add_argument("--samples", type=int, default=32, help="samples per problem (largest B calibrated)")
     p.set_defaults(func=_cmd_calibrate)

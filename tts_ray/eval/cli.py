@@ -17,12 +17,9 @@ def branches_arg(value: str) -> int | str:
     if value == "auto":
         return value
     try:
-        number = int(value)
-    except ValueError:
+        return positive_int(value)
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'auto', got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'auto', got {value!r}")
-    return number
 
 
 def k_arg(value: str) -> int | str:

@@ -26,12 +26,7 @@ from typing import Any
 
 from tts_ray.eval.datasets import Problem, load_dataset
 from tts_ray.eval.runner import EvalRequest, evaluate
-
-
-def _percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
+from tts_ray.eval.stats import percentile
 
 
 def _run(problems: Sequence[Problem], url: str, concurrency: int, label: str, **tts) -> dict[str, Any]:
@@ -45,8 +40,8 @@ def _run(problems: Sequence[Problem], url: str, concurrency: int, label: str, **
         "requests": len(results), "answered": len(ok),
         "rejected_429": sum(r.status == 429 for r in results),
         "errors": sum(r.status not in (200, 429) for r in results),
-        "latency_p50_s": _percentile([r.latency_s for r in results], 0.5),
-        "latency_p99_s": _percentile([r.latency_s for r in results], 0.99),
+        "latency_p50_s": percentile([r.latency_s for r in results], 50),
+        "latency_p99_s": percentile([r.latency_s for r in results], 99),
         "tokens_per_problem": sum(r.tokens or 0 for r in ok) / max(1, len(ok)),
         "wall_s": wall_s,
         "latencies_s": [round(r.latency_s, 4) for r in results],
@@ -98,7 +93,7 @@ def run_planner_bench(url: str, out: str | Path, limit: int = 100, budgets_s: Se
                  latency_budget_s=early_stop_budget_s, early_stop=True)
     status = _status(url)
     figures = {
-        "p99_over_budget_ms": _percentile(over_budget_ms, 0.99),
+        "p99_over_budget_ms": percentile(over_budget_ms, 99),
         "auto_gap_points": max(b["gap_points"] for b in per_budget),
         "early_stop_token_saving": 1 - early["tokens_per_problem"] / full["tokens_per_problem"],
         "early_stop_accuracy_drop_points": (full["accuracy"] - early["accuracy"]) * 100,
