@@ -213,8 +213,6 @@ def _fake_chat(url, headers=None, **tts):
     return post_json(f"{url}/v1/chat/completions", body, headers=headers)
 
 
-@pytest.mark.skip(reason="has not passed a run yet: its first CI run failed on Serve's plain-text 503 "
-                         "body (post_json now tolerates it); re-enable once verified (issue 7 is open)")
 def test_overload_is_shed_at_once_with_503_and_retry_after(fake_url):
     _set_modes(a="block", b="block")
     try:
@@ -249,8 +247,10 @@ def test_a_replica_killed_mid_request_has_its_branches_rerun_on_the_other_pool(f
     first, other = "a", "b"
     _set_modes(a="block")
     outcome = {}
-    thread = threading.Thread(target=lambda: outcome.update(
-        answer=_fake_chat(fake_url, method="majority", branches=4, num_speculative_tokens=0)))
+    # Serve surfaces a killed replica's in-flight calls as ActorDiedError only after ~10 s
+    # (measured idle here; longer on a loaded CI machine), so the budget leaves room for the re-run.
+    thread = threading.Thread(target=lambda: outcome.update(answer=_fake_chat(
+        fake_url, method="majority", branches=4, num_speculative_tokens=0, latency_budget_s=90)))
     thread.start()
     deadline = time.monotonic() + 30
     while _fake(f"generator-{first}").num_unfinished_requests.remote().result() < 4:
@@ -259,8 +259,9 @@ def test_a_replica_killed_mid_request_has_its_branches_rerun_on_the_other_pool(f
     (victim,) = _replica_names(f"generator-{first}")
     ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
     killed = time.monotonic()
-    thread.join(timeout=30)
+    thread.join(timeout=120)
     assert not thread.is_alive()
+    print(f"branches re-run and answered {time.monotonic() - killed:.1f}s after the kill")
     status, out = outcome["answer"]
     assert status == 200, out
     tts = out["tts"]
