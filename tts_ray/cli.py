@@ -76,8 +76,36 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     config = load_app_config(args.config)
     records = _planner_records(args.dataset, args.limit)
     calibration = calibrate(config, records, dataset=args.dataset, samples=args.samples,
-                            command=args.command_line)
+                            command=args.command_line, samples_out=args.samples_out)
     print(f"wrote {calibration.save(args.out)}")
+    return 0
+
+
+def _cmd_tune_early_stop(args: argparse.Namespace) -> int:
+    import json
+
+    from tts_ray.planner.early_stop import EarlyStopRule, simulate
+
+    problems = [json.loads(line) for line in args.samples.read_text().splitlines() if line.strip()]
+    print(f"{len(problems)} problems, B = {args.branches}, {args.orders} sample orders each")
+    print(f"{'criterion':>10} {'window':>6} {'confidence':>10} {'acc full':>8} {'acc early':>9} "
+          f"{'drop pts':>8} {'branches':>8} {'token saving':>12}")
+    rows = []
+    for criterion in args.criteria:
+        for window in args.windows:
+            for confidence in args.confidences:
+                row = simulate(problems, EarlyStopRule(window, confidence, criterion), args.branches,
+                               orders=args.orders)
+                rows.append(row)
+                print(f"{criterion:>10} {window:>6} {confidence:>10.2f} {row['accuracy_full']:>8.3f} "
+                      f"{row['accuracy_early']:>9.3f} {row['accuracy_drop_points']:>8.2f} "
+                      f"{row['branches_used']:>8.2f} {row['token_saving']:>12.3f}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"samples": str(args.samples), "branches": args.branches,
+                                        "orders": args.orders, "command": args.command_line,
+                                        "rows": rows}, indent=1) + "\n")
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -129,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None, help="override http_options.port")
     p.set_defaults(func=_cmd_serve)
 
+    from tts_ray.eval.cli import positive_int
     from tts_ray.planner.profiler import DEFAULT_CONCURRENCY, DEFAULT_DRAFT_LENGTHS
 
     p = verbs.add_parser("profile", help="measure decode speed per pool against concurrency and draft length")
@@ -148,7 +177,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="arith-valid", help="arith-valid, arith500, math500 or a JSONL path")
     p.add_argument("--limit", type=int, default=200, help="problems used")
     p.add_argument("--samples", type=int, default=32, help="samples per problem (largest B calibrated)")
+    p.add_argument("--samples-out", type=Path, default=None,
+                   help="also write every problem's samples (JSONL) for tune-early-stop")
     p.set_defaults(func=_cmd_calibrate)
+
+    p = verbs.add_parser("tune-early-stop", help="simulate early-stopping rules on samples from calibrate")
+    p.add_argument("--samples", type=Path, required=True, help="JSONL from calibrate --samples-out")
+    p.add_argument("--branches", type=positive_int, default=16, help="B the requests ask for")
+    p.add_argument("--criteria", type=lambda s: s.split(","), default=["beta", "final_vote"])
+    p.add_argument("--windows", type=_int_list, default=[2, 4])
+    p.add_argument("--confidences", type=_float_list, default=[0.8, 0.9, 0.95])
+    p.add_argument("--orders", type=positive_int, default=8, help="random sample orders per problem")
+    p.add_argument("--out", type=Path, default=None, help="also write the table (JSON)")
+    p.set_defaults(func=_cmd_tune_early_stop)
 
     p = verbs.add_parser("bench-planner", help="the planner's figures through the service: planner.json")
     p.add_argument("--url", default=None, help="a running service; default: start deployments/local.yaml")

@@ -183,6 +183,11 @@ class RouterConfig(_Strict):
     merge_margin_s: float = Field(
         0.1, ge=0, description="Time kept before the deadline to merge and answer: branches still "
                                "running then are stopped and merged as they are.")
+    adaptive_merge_margin: bool = Field(
+        True, description="Raise merge_margin_s to what requests cut at their deadline have needed "
+                          "lately (95th percentile of the time from their generation deadline to "
+                          "their answer, at most 1 s), so that answers arrive inside the budget on "
+                          "a loaded machine; merge_margin_s stays the floor.")
     score_reserve_s: float = Field(
         0.3, ge=0, description="Time kept for PRM scoring before the merge margin when the profile "
                                "has no scoring curve.")
@@ -190,8 +195,12 @@ class RouterConfig(_Strict):
                                                 "stop once the vote is settled.")
     early_stop_window: int = Field(4, ge=1, description="Branches per early-stopping window.")
     early_stop_confidence: float = Field(
-        0.95, gt=0.5, lt=1, description="Posterior probability that the leading answer stays ahead "
-                                        "at which sampling stops.")
+        0.95, gt=0.5, lt=1, description="Probability (by early_stop_criterion) at which the vote "
+                                        "counts as settled and sampling stops.")
+    early_stop_criterion: Literal["beta", "final_vote"] = Field(
+        "beta", description="beta: the leader beats the runner-up with infinitely many samples "
+                            "(Adaptive-Consistency); final_vote: the vote over all the request's "
+                            "branches would still elect the leader (posterior predictive).")
     speed_ewma_alpha: float = Field(0.2, gt=0, le=1, description="Weight of each finished branch in "
                                                                  "the live speed correction.")
     # Security and limits (tts_ray/serve/security.py). Keys never live in this config: it

@@ -148,3 +148,27 @@ def test_a_requested_draft_length_pins_the_pool():
                         loads).pool == "spec"
     with pytest.raises(ValueError):
         planner.plan(request(5.0, num_speculative_tokens=2), loads)
+
+
+def test_extra_branches_insure_against_the_length_tail():
+    # Half the branches need 50 tokens, half 150; voting adds nothing (flat curve). At 1.2 s a
+    # branch gets ~114 tokens before the deadline: a lone branch finishes with p = 0.5, so
+    # more branches pay as insurance (P(none finishes) = 0.5^B) even though their expected
+    # longest branch no longer fits the budget.
+    flat = {"majority": [0.5] * 32, "single": [0.5]}
+    planner, loads = setup(SPEC_NEVER_PAYS, lengths=[50] * 5 + [150] * 5, accuracy=flat)
+    plan = planner.plan(request(1.2, method="majority"), loads)
+    assert plan.pool == "plain" and plan.num_branches >= 4
+    assert plan.branch_finish_probability == pytest.approx(0.5)
+    assert plan.expected_accuracy == pytest.approx(0.5 * (1 - 0.5 ** plan.num_branches))
+    # with B fixed to 1, the same request's expected accuracy is the lone branch's chance
+    single = planner.plan(request(1.2, method="majority", branches=1), loads)
+    assert single.expected_accuracy == pytest.approx(0.25)
+
+
+def test_the_pool_more_likely_to_finish_wins_a_lone_branch():
+    # Speculation 3x faster alone: a lone branch of 150 tokens finishes there within 1.2 s,
+    # not on the plain pool.
+    planner, loads = setup(SPEC_PAYS_SMALL, lengths=[50] * 5 + [150] * 5)
+    plan = planner.plan(request(1.2, method="majority", branches=1), loads)
+    assert plan.pool == "spec" and plan.branch_finish_probability == 1.0

@@ -5,7 +5,7 @@ from pydantic import ValidationError
 
 from tts_ray.config import AppConfig
 from tts_ray.planner.calibration import ModelCalibration, accuracy_curves
-from tts_ray.planner.early_stop import EarlyStopRule, prob_leader_ahead
+from tts_ray.planner.early_stop import EarlyStopRule, prob_final_vote_unchanged, prob_leader_ahead, simulate
 from tts_ray.planner.keeper import BranchObservation, BudgetKeeper
 from tts_ray.planner.planner import PlanRequest
 from tts_ray.planner.profile import ClusterProfile, PoolProfile, SpeedCurve
@@ -75,6 +75,38 @@ def test_early_stop_rule():
     assert rule.settled(["7"] * 7 + ["8"] * 1)
     with pytest.raises(ValueError):
         EarlyStopRule(window=0)
+    with pytest.raises(ValueError):
+        EarlyStopRule(criterion="vibes")
+
+
+def test_final_vote_criterion_asks_whether_the_rest_could_change_the_answer():
+    assert prob_final_vote_unchanged([5, 1], remaining=3) == 1.0  # a lead of 4 cannot be caught in 3
+    assert prob_final_vote_unchanged([2, 2], remaining=0) == 0.0  # a tie now
+    assert prob_final_vote_unchanged([3, 3], remaining=10) < 0.5
+    # a lead grows safer with more votes behind it and fewer branches left to come
+    assert (prob_final_vote_unchanged([3, 1], 12) < prob_final_vote_unchanged([6, 2], 8)
+            < prob_final_vote_unchanged([9, 3], 4))
+    assert prob_final_vote_unchanged([4, 2, 1, 1], 8) == prob_final_vote_unchanged((4, 2, 1, 1), 8)  # seeded
+    rule = EarlyStopRule(window=4, confidence=0.9, criterion="final_vote")
+    # 5 of 8 against 2 and 1 with 8 to come settles the 16-branch vote; Beta wants more
+    answers = ["7"] * 5 + ["8"] * 2 + ["9"]
+    assert rule.settled(answers, remaining=8)
+    assert not EarlyStopRule(window=4, confidence=0.9).settled(answers, remaining=8)
+    assert not rule.settled(["7", "7", "8", "9"], remaining=12)
+
+
+def test_simulate_early_stopping_on_recorded_samples():
+    # problem 1: unanimous (stops after the first window); problem 2: eight answers twice each,
+    # never settled (runs on), and wrong whichever wins
+    easy = {"answers": ["7"] * 16, "correct": [True] * 16, "lengths": [10] * 16}
+    split = {"answers": [str(i) for i in range(8)] * 2, "correct": [False] * 16, "lengths": [20] * 16}
+    row = simulate([easy, split], EarlyStopRule(window=4, confidence=0.95), branches=16, orders=4)
+    assert row["accuracy_full"] == row["accuracy_early"] == pytest.approx(0.5)
+    assert row["branches_used"] == pytest.approx((4 + 16) / 2)
+    # tokens: easy 40 of 160, split all 320 -> saving 120 / 480
+    assert row["token_saving"] == pytest.approx(120 / 480)
+    with pytest.raises(ValueError):
+        simulate([easy], EarlyStopRule(), branches=32)
 
 
 def _keeper(profile=True):
@@ -111,3 +143,44 @@ def test_keeper_learns_the_live_speed_and_the_prediction_error():
     assert status["prediction_error"]["mean_signed"] == pytest.approx(1.0)
     slower = keeper.admit("s", PlanRequest(budget_s=100, max_tokens=100, method="majority", branches=1))
     assert slower.predicted_parts_s["decode"] == pytest.approx(100 * 0.01 * 1.5)
+
+
+def test_keeper_learns_the_merge_margin_from_requests_cut_at_their_deadline():
+    keeper = _keeper()
+    floor = keeper.config.router.merge_margin_s
+    assert keeper.merge_margin_s() == floor
+    for i, needed in enumerate([0.05, 0.3, 0.35, 0.4, 0.5, 0.25]):
+        keeper.admit(f"r{i}", PlanRequest(budget_s=10, max_tokens=100, method="majority", branches=1))
+        keeper.release(f"r{i}", needed_margin_s=needed)
+    # 6 observations: the 95th percentile is the largest, above the floor
+    assert keeper.merge_margin_s() == pytest.approx(0.5)
+    plan = keeper.admit("p", PlanRequest(budget_s=10, max_tokens=100, method="majority", branches=1))
+    assert plan.merge_margin_s == pytest.approx(0.5) and plan.predicted_parts_s["merge"] == pytest.approx(0.5)
+    assert keeper.status()["merge_margin_s"] == pytest.approx(0.5)
+    keeper.release("p", needed_margin_s=30.0)  # an outlier is capped
+    assert keeper.merge_margin_s() == pytest.approx(1.0)
+
+
+def test_keeper_margin_stays_fixed_when_not_adaptive():
+    config = AppConfig.model_validate({
+        "generators": [{"name": "a", "model_id": "m", "model_source": "x"}],
+        "router": {"merge_margin_s": 0.2, "adaptive_merge_margin": False}})
+    keeper = BudgetKeeper(config, None, None)
+    for i in range(10):
+        keeper.admit(f"r{i}", PlanRequest(budget_s=10, max_tokens=100, method="majority", branches=1))
+        keeper.release(f"r{i}", needed_margin_s=0.9)
+    assert keeper.merge_margin_s() == 0.2
+
+
+def test_finish_probability_and_accuracy_by_deadline():
+    model = ModelCalibration(accuracy={"majority": [0.5, 0.5, 0.7, 0.8], "single": [0.5]},
+                             lengths=[10, 20, 30, 40], max_tokens=35)
+    assert model.finish_probability(25, 35) == 0.5
+    assert model.finish_probability(0, 35) == 0.0
+    assert model.finish_probability(35, 35) == 1.0  # a branch stops at max_tokens
+    assert model.accuracy_by_deadline("majority", 3, 1.0) == pytest.approx(0.7)
+    assert model.accuracy_by_deadline("majority", 1, 0.5) == pytest.approx(0.25)
+    # K ~ Binomial(3, 0.5): P(1) = P(2) = 3/8 (accuracy 0.5), P(3) = 1/8 (0.7), P(0) = 1/8 (none)
+    assert model.accuracy_by_deadline("majority", 3, 0.5) == pytest.approx(0.75 * 0.5 + 0.125 * 0.7)
+    assert model.accuracy_by_deadline("majority", 4, 0.0) == 0.0
+    assert model.accuracy_by_deadline("best_of_n", 2, 0.5) is None

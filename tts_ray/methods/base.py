@@ -219,7 +219,7 @@ async def sample_branches(ctx: MethodContext, prompt: str, count: int,
         launched += size
         answers = [normalize_answer(b.answer) if b.answer is not None else None
                    for b in branches if b.finish_reason != DEADLINE]
-        if launched < count and ctx.early_stop.settled(answers):
+        if launched < count and ctx.early_stop.settled(answers, remaining=count - launched):
             ctx.stats.early_stopped += count - launched
             break
     return branches, time.perf_counter() - started

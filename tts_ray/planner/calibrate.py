@@ -9,8 +9,10 @@ split), so the planner is not tuned on its own test set.
 from __future__ import annotations
 
 import datetime
+import json
 import random
 from collections.abc import Sequence
+from pathlib import Path
 
 from tts_ray.config import AppConfig, resolve_model_source
 from tts_ray.constants import DEFAULT_TEMPERATURE
@@ -23,8 +25,13 @@ MAX_LENGTHS_KEPT = 2000  # a sorted sample of branch lengths is all the latency 
 
 
 def calibrate(config: AppConfig, records: Sequence[dict], dataset: str, samples: int = 32,
-              max_tokens: int | None = None, command: str = "tts-ray calibrate", log=print) -> Calibration:
-    """Calibrate every model of ``config`` on ``records`` (dicts with ``problem`` and ``answer``)."""
+              max_tokens: int | None = None, command: str = "tts-ray calibrate", log=print,
+              samples_out: Path | None = None) -> Calibration:
+    """Calibrate every model of ``config`` on ``records`` (dicts with ``problem`` and ``answer``).
+
+    With ``samples_out``, also write every problem's samples (model id, normalized answers,
+    correctness, lengths in tokens, scores) as JSONL: what ``tts-ray tune-early-stop`` reads.
+    """
     from vllm import SamplingParams
 
     from tts_ray.engines import vllm_offline
@@ -47,7 +54,8 @@ def calibrate(config: AppConfig, records: Sequence[dict], dataset: str, samples:
         outputs = llm.generate(prompts, params, use_tqdm=False)
         vllm_offline.shutdown(llm)
         texts = [[c.text for c in out.outputs] for out in outputs]
-        lengths = [len(c.token_ids) for out in outputs for c in out.outputs]
+        per_problem_lengths = [[len(c.token_ids) for c in out.outputs] for out in outputs]
+        lengths = [n for group in per_problem_lengths for n in group]
         scores = _score(config, records, texts, log) if config.reward is not None else None
         problems = []
         for i, record in enumerate(records):
@@ -57,6 +65,12 @@ def calibrate(config: AppConfig, records: Sequence[dict], dataset: str, samples:
                 "correct": [a is not None and is_equivalent(a, str(record["answer"])) for a in answers],
                 "scores": scores[i] if scores is not None else None,
             })
+        if samples_out is not None:
+            samples_out.parent.mkdir(parents=True, exist_ok=True)
+            with open(samples_out, "a" if len(seen) > 1 else "w") as f:
+                for problem, group in zip(problems, per_problem_lengths):
+                    f.write(json.dumps({"model_id": pool.model_id, **problem, "lengths": group}) + "\n")
+            log(f"  samples written to {samples_out}")
         curves = accuracy_curves(problems)
         rng = random.Random(0)
         kept = sorted(rng.sample(lengths, min(len(lengths), MAX_LENGTHS_KEPT)))

@@ -7,6 +7,7 @@ averaging over random B-subsets, so one sampling pass gives the whole curve B = 
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from collections.abc import Sequence
@@ -47,6 +48,33 @@ class ModelCalibration(BaseModel):
             cdf = (i / n) ** branches
             expected += x * (cdf - previous)
             previous = cdf
+        return expected
+
+
+    def finish_probability(self, tokens: float, max_tokens: int) -> float:
+        """P(one branch ends within ``tokens`` decode tokens): the share of sampled lengths,
+        capped at ``max_tokens`` (a branch stops there), that are <= ``tokens``."""
+        if tokens >= max_tokens:
+            return 1.0
+        if tokens <= 0:
+            return 0.0
+        return bisect.bisect_right(self.lengths, tokens) / len(self.lengths)
+
+    def accuracy_by_deadline(self, method: str, branches: int, finish_probability: float) -> float | None:
+        """Expected accuracy of ``method`` with ``branches`` when each branch finishes before
+        the deadline with ``finish_probability`` (independently) and the vote uses the
+        finished ones: E[accuracy(K)], K ~ Binomial(B, p), with no answer (0) when K = 0.
+        None for an uncalibrated method."""
+        if self.expected_accuracy(method, 1) is None:
+            return None
+        p = min(max(finish_probability, 0.0), 1.0)
+        if p == 1.0:
+            return self.expected_accuracy(method, branches)
+        expected, pmf = 0.0, (1 - p) ** branches  # P(K = 0)
+        for k in range(1, branches + 1):
+            # P(K = k) from P(K = k - 1): the binomial recurrence, no large factorials
+            pmf = pmf * (branches - k + 1) / k * p / (1 - p) if p > 0 else 0.0
+            expected += pmf * self.expected_accuracy(method, k)
         return expected
 
 

@@ -17,6 +17,12 @@ from tts_ray.planner.profile import ClusterProfile
 
 MIN_TOKENS_OBSERVED = 8  # shorter branches say more about queueing than about decode speed
 SPEED_FACTOR_RANGE = (0.2, 5.0)  # one odd request must not wreck the model
+# The learned merge margin: a high quantile of the time requests cut at their generation
+# deadline took from there to their answer, over the most recent ones, within a range.
+MARGIN_QUANTILE = 0.95
+MARGIN_WINDOW = 100
+MARGIN_MIN_OBSERVED = 5
+MAX_MERGE_MARGIN_S = 1.0
 
 
 @dataclass
@@ -65,6 +71,19 @@ class BudgetKeeper:
         self.admitted: dict[str, _Admitted] = {}
         self.counts = {"admitted": 0, "rejected": 0, "released": 0}
         self.errors: list[float] = []  # (actual - predicted) / predicted of recent requests
+        self.margin_floor_s = config.router.merge_margin_s
+        self.adaptive_margin = config.router.adaptive_merge_margin
+        self.needed_margins: list[float] = []  # generation deadline -> answer, of cut requests
+
+    def merge_margin_s(self) -> float:
+        """The margin kept before the deadline for stopping branches, merging and answering:
+        the configured one, raised to what cut requests have needed lately (their
+        ``MARGIN_QUANTILE``) when adaptive, at most ``MAX_MERGE_MARGIN_S``."""
+        if not self.adaptive_margin or len(self.needed_margins) < MARGIN_MIN_OBSERVED:
+            return self.margin_floor_s
+        ranked = sorted(self.needed_margins)
+        needed = ranked[min(len(ranked) - 1, math.ceil(MARGIN_QUANTILE * len(ranked)) - 1)]
+        return min(max(self.margin_floor_s, needed), max(MAX_MERGE_MARGIN_S, self.margin_floor_s))
 
     def admit(self, request_id: str, request: PlanRequest) -> Plan:
         """Plan ``request`` and reserve its branches on the chosen pool.
@@ -72,6 +91,9 @@ class BudgetKeeper:
         Raises:
             ValueError: no pool serves the model; Infeasible: budget unreachable (429).
         """
+        margin_s = self.merge_margin_s()
+        if self.latency is not None:
+            self.latency.merge_margin_s = margin_s  # predictions include the margin in force
         try:
             plan = self.planner.plan(request, self.loads)
         except Exception:
@@ -83,15 +105,20 @@ class BudgetKeeper:
         concurrency = math.ceil(load.inflight_branches / load.replicas)
         self.admitted[request_id] = _Admitted(plan.pool, plan.num_branches, concurrency, time.monotonic())
         self.counts["admitted"] += 1
+        plan.merge_margin_s = margin_s
         return plan
 
     def release(self, request_id: str, observations: list[BranchObservation] | None = None,
-                predicted_s: float | None = None, actual_s: float | None = None) -> None:
-        """Free a request's branches and learn from its finished branches. Unknown ids are
-        ignored (a release may be retried)."""
+                predicted_s: float | None = None, actual_s: float | None = None,
+                needed_margin_s: float | None = None) -> None:
+        """Free a request's branches and learn from its finished branches, and, for a request
+        whose generation was cut at its deadline, from the time it then took to answer
+        (``needed_margin_s``). Unknown ids are ignored (a release may be retried)."""
         entry = self.admitted.pop(request_id, None)
         if entry is None:
             return
+        if needed_margin_s is not None and needed_margin_s >= 0:
+            self.needed_margins = (self.needed_margins + [needed_margin_s])[-MARGIN_WINDOW:]
         load = self.loads[entry.pool]
         load.inflight_branches = max(0, load.inflight_branches - entry.branches)
         load.active_requests = max(0, load.active_requests - 1)
@@ -133,6 +160,7 @@ class BudgetKeeper:
             "profiled": self.latency is not None,
             "calibrated": bool(self.latency and self.latency.calibration),
             "counts": dict(self.counts),
+            "merge_margin_s": round(self.merge_margin_s(), 4),
             "prediction_error": {"requests": len(errors),
                                  "median_abs": errors[len(errors) // 2] if errors else None,
                                  "mean_signed": sum(self.errors) / len(self.errors) if errors else None},

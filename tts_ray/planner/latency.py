@@ -34,6 +34,15 @@ class Prediction:
     parts_s: dict[str, float] = field(default_factory=dict)
     concurrency_per_replica: int = 1
     expected_tokens: float = 0.0
+    seconds_per_token: float = 0.0  # per branch, at that concurrency, live correction included
+
+    def tokens_by(self, budget_s: float) -> float:
+        """Decode tokens one branch gets before generation must stop to meet ``budget_s``
+        (everything but decoding is taken off the budget first)."""
+        fixed_s = self.total_s - self.parts_s.get("decode", 0.0)
+        if self.seconds_per_token <= 0:
+            return math.inf
+        return max(0.0, budget_s - fixed_s) / self.seconds_per_token
 
 
 class LatencyModel:
@@ -69,7 +78,8 @@ class LatencyModel:
         curve = self.profile.pools[pool].curve(load.num_speculative_tokens)
         concurrency = math.ceil((load.inflight_branches + branches) / max(1, load.replicas))
         tokens = self.expected_tokens(load.model_id, branches, max_tokens)
-        decode_s = tokens * curve.seconds_per_token_at(concurrency) * load.speed_factor
+        seconds_per_token = curve.seconds_per_token_at(concurrency) * load.speed_factor
+        decode_s = tokens * seconds_per_token
         parts = {"prefill": curve.prefill_s, "decode": decode_s, "merge": self.merge_margin_s}
         if method in SCORED and self.profile.scoring is not None:
             calls = self.max_search_steps if method in SEARCH else 1
@@ -77,4 +87,5 @@ class LatencyModel:
         if method in SEARCH:
             parts["prefill"] *= self.max_search_steps
         return Prediction(total_s=sum(parts.values()), parts_s=parts,
-                          concurrency_per_replica=concurrency, expected_tokens=tokens)
+                          concurrency_per_replica=concurrency, expected_tokens=tokens,
+                          seconds_per_token=seconds_per_token)

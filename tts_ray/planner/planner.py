@@ -54,6 +54,8 @@ class Plan:
     fair_share: int | None = None
     candidates: int = 0
     predicted_parts_s: dict[str, float] = field(default_factory=dict)
+    branch_finish_probability: float | None = None  # P(a branch ends before the deadline)
+    merge_margin_s: float | None = None  # set by the keeper: its learned margin
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,16 +63,34 @@ class Plan:
 
 class Planner:
     """Exhaustive search over (pool, method, B): the grid is small (pools x 4 x max_branches),
-    so the latency-optimal choice is exact rather than the paper's greedy approximation."""
+    so the latency-optimal choice is exact rather than the paper's greedy approximation.
+
+    The objective is the calibrated accuracy *as the deadline leaves it*: from the plan's
+    seconds per token, the tokens a branch can decode before the deadline, the calibrated
+    share of branches that end within them (p), and E[accuracy(K)] over the K ~ Binomial(B, p)
+    branches that finish and vote. A plan whose expected length fits the budget but whose
+    lone branch often runs past it thus loses to one that finishes reliably; extra branches
+    are worth their cost both as votes and as insurance against the length tail.
+    """
 
     def __init__(self, latency: LatencyModel | None) -> None:
         self.latency = latency
 
-    def _accuracy(self, model_id: str, method: str, branches: int) -> float | None:
+    def _accuracy(self, model_id: str, method: str, branches: int,
+                  finish_probability: float = 1.0) -> float | None:
+        """Calibrated accuracy of ``method`` at ``branches``, each branch finishing before the
+        deadline with ``finish_probability``; None when uncalibrated."""
         calibration = self.latency.calibration if self.latency else None
         if calibration is None or model_id not in calibration.models:
             return None
-        return calibration.models[model_id].expected_accuracy(method, branches)
+        return calibration.models[model_id].accuracy_by_deadline(method, branches, finish_probability)
+
+    def _finish_probability(self, model_id: str, prediction, budget_s: float, max_tokens: int) -> float:
+        """P(one branch finishes by the deadline) from the calibrated lengths; 1.0 uncalibrated."""
+        calibration = self.latency.calibration if self.latency else None
+        if calibration is None or model_id not in calibration.models:
+            return 1.0
+        return calibration.models[model_id].finish_probability(prediction.tokens_by(budget_s), max_tokens)
 
     def plan(self, request: PlanRequest, pools: dict[str, PoolLoad]) -> Plan:
         """Choose a plan for ``request`` given each pool's current load.
@@ -119,14 +139,24 @@ class Planner:
                     considered += 1
                     if branches == 1 and (quickest_single is None or prediction.total_s < quickest_single[0]):
                         quickest_single = (prediction.total_s, name)
-                    accuracy = self._accuracy(load.model_id, method, branches)
-                    fits = prediction.total_s <= request.budget_s
-                    # Rank: fits the budget, then expected accuracy (log B as a proxy when
-                    # uncalibrated), then lower predicted latency.
-                    value = accuracy if accuracy is not None else math.log(branches) / 100
-                    key = (fits, value if fits else -prediction.total_s, -prediction.total_s)
+                    finish = self._finish_probability(load.model_id, prediction, request.budget_s,
+                                                      request.max_tokens)
+                    # Accuracy as the deadline leaves it: branches still running then are cut,
+                    # and only the finished ones vote (a lone long branch is the risky plan).
+                    accuracy = self._accuracy(load.model_id, method, branches, finish)
+                    if accuracy is not None:
+                        # Calibrated: the deadline bounds every plan's latency (branches still
+                        # running then are cut), so rank by the accuracy left after the cut,
+                        # then by lower predicted latency.
+                        key = (True, accuracy, -prediction.total_s)
+                    else:
+                        # Uncalibrated: fits the budget, then log B as a proxy for accuracy,
+                        # then lower predicted latency.
+                        fits = prediction.total_s <= request.budget_s
+                        value = math.log(branches) / 100
+                        key = (fits, value if fits else -prediction.total_s, -prediction.total_s)
                     if best is None or key > best[0]:
-                        best = (key, name, method, branches, prediction, accuracy, share)
+                        best = (key, name, method, branches, prediction, accuracy, share, finish)
         if quickest_single is None:
             # Fixed B > 1 was asked for: check that one branch could still make it.
             for name, load in profiled.items():
@@ -137,12 +167,13 @@ class Planner:
             wait_s = max(1.0, math.ceil(quickest_single[0] - request.budget_s))
             raise Infeasible(f"latency_budget_s={request.budget_s:g} cannot be met: one branch is "
                              f"predicted to take {quickest_single[0]:.2f}s now", wait_s, quickest_single[0])
-        _, name, method, branches, prediction, accuracy, share = best
+        _, name, method, branches, prediction, accuracy, share, finish = best
         load = profiled[name]
         return Plan(pool=name, model_id=load.model_id, method=method, num_branches=branches,
                     num_speculative_tokens=load.num_speculative_tokens, predicted_s=prediction.total_s,
                     expected_accuracy=accuracy, auto=auto, fair_share=share if auto else None,
-                    candidates=considered, predicted_parts_s=prediction.parts_s)
+                    candidates=considered, predicted_parts_s=prediction.parts_s,
+                    branch_finish_probability=round(finish, 4))
 
     @staticmethod
     def _fair_share(load: PoolLoad) -> int:

@@ -49,9 +49,10 @@ class BudgetServer:
             return {"error": str(exc)}
 
     async def release(self, request_id: str, observations: list[dict[str, Any]],
-                      predicted_s: float | None, actual_s: float | None) -> None:
+                      predicted_s: float | None, actual_s: float | None,
+                      needed_margin_s: float | None = None) -> None:
         self.keeper.release(request_id, [BranchObservation(**o) for o in observations],
-                            predicted_s=predicted_s, actual_s=actual_s)
+                            predicted_s=predicted_s, actual_s=actual_s, needed_margin_s=needed_margin_s)
 
     async def status(self) -> dict[str, Any]:
         return self.keeper.status()

@@ -234,7 +234,7 @@ class Router:
                 503, f"no branch could be answered ({type(error).__name__}); retry shortly",
                 type="service_unavailable_error", code="branches_failed"), headers={"Retry-After": "1"})
         finally:
-            self._release(request_id, plan, result, time.perf_counter() - received)
+            self._release(request_id, plan, result, time.perf_counter() - received, ctx)
         result.timings_s["queue"] = started - received
         result.timings_s["total"] = time.perf_counter() - received
         payload = self._response(result, plan, ctx, options, chat)
@@ -261,15 +261,21 @@ class Router:
         task.add_done_callback(self._background.discard)
 
     def _release(self, request_id: str, plan: dict[str, Any], result: MethodResult | None,
-                 elapsed_s: float) -> None:
+                 elapsed_s: float, ctx: MethodContext | None = None) -> None:
         """Tell the keeper the request's branches are free (in the background: the answer
-        does not wait for the ledger)."""
+        does not wait for the ledger), and, when the deadline cut its generation, how long the
+        answer took from the margin's start (what the keeper's learned margin follows)."""
         observations = observations_of(result.branches) if result is not None else []
         actual_s = elapsed_s if result is not None and not result.partial else None
-        self._spawn(self._send_release(request_id, observations, plan.get("predicted_s"), actual_s))
+        needed_margin_s = None
+        if ctx is not None and ctx.deadline_s is not None and (ctx.stats.stopped or ctx.stats.cancelled):
+            needed_margin_s = time.time() - (ctx.deadline_s - ctx.merge_margin_s)
+        self._spawn(self._send_release(request_id, observations, plan.get("predicted_s"), actual_s,
+                                       needed_margin_s))
 
-    async def _send_release(self, request_id, observations, predicted_s, actual_s) -> None:
-        await self.budget.release.remote(request_id, observations, predicted_s, actual_s)
+    async def _send_release(self, request_id, observations, predicted_s, actual_s,
+                            needed_margin_s=None) -> None:
+        await self.budget.release.remote(request_id, observations, predicted_s, actual_s, needed_margin_s)
 
     async def _parse(self, request: Request, model):
         router = self.config.router
@@ -389,9 +395,10 @@ class Router:
             beam_width=router.beam_width, max_search_steps=router.max_search_steps,
             step_separator=self.config.reward.step_separator if self.config.reward else "\n",
             add_special_tokens=options["add_special_tokens"],
-            deadline_s=deadline_s, merge_margin_s=router.merge_margin_s,
+            deadline_s=deadline_s, merge_margin_s=plan.get("merge_margin_s") or router.merge_margin_s,
             score_reserve_s=scoring if scoring is not None else router.score_reserve_s,
-            early_stop=(EarlyStopRule(router.early_stop_window, router.early_stop_confidence)
+            early_stop=(EarlyStopRule(router.early_stop_window, router.early_stop_confidence,
+                                      router.early_stop_criterion)
                         if options["early_stop"] else None),
         )
 
