@@ -115,7 +115,7 @@ def _cmd_bench_planner(args: argparse.Namespace) -> int:
     def run(url: str) -> None:
         run_planner_bench(url, args.out, limit=args.limit, budgets_s=args.budgets, branches=args.branches,
                           draft_lengths=args.draft_lengths, concurrency=args.concurrency,
-                          command=args.command_line)
+                          early_stop_limit=args.early_stop_limit, command=args.command_line)
 
     if args.url:
         run(args.url)
@@ -200,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--branches", type=_int_list, default=[1, 4, 8, 16], help="fixed B grid")
     p.add_argument("--draft-lengths", type=_int_list, default=[0, 4], help="fixed k grid (pools)")
     p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--early-stop-limit", type=int, default=None,
+                   help="ARITH-500 problems of the early-stopping comparison (default --limit)")
     p.set_defaults(func=_cmd_bench_planner)
 
     testbed = verbs.add_parser("testbed", help="the ARITH testbed: data, training, benchmark")

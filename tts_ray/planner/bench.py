@@ -63,9 +63,15 @@ def _status(url: str) -> dict[str, Any]:
 def run_planner_bench(url: str, out: str | Path, limit: int = 100, budgets_s: Sequence[float] = (1.5, 3.0, 6.0),
                       branches: Sequence[int] = (1, 4, 8, 16), draft_lengths: Sequence[int] = (0, 4),
                       concurrency: int = 8, early_stop_branches: int = 16, early_stop_budget_s: float = 60.0,
+                      early_stop_limit: int | None = None,
                       command: str = "tts-ray bench-planner") -> dict[str, Any]:
-    """Run the planner benchmark against the service at ``url``; write and return the figures."""
+    """Run the planner benchmark against the service at ``url``; write and return the figures.
+
+    The early-stopping comparison runs on the first ``early_stop_limit`` problems (default
+    ``limit``): one problem is 100/limit points, so a 1-point accuracy figure needs more
+    problems than the budget sweep."""
     problems = load_dataset("arith500", limit=limit).problems
+    stop_problems = load_dataset("arith500", limit=early_stop_limit or limit).problems
     # Warm-up: fills the prefix cache and lets the live speed correction settle.
     _run(problems[:16], url, concurrency, "warm-up", branches="auto", latency_budget_s=budgets_s[-1])
     per_budget = []
@@ -87,10 +93,10 @@ def run_planner_bench(url: str, out: str | Path, limit: int = 100, budgets_s: Se
                                           "num_speculative_tokens": best["num_speculative_tokens"],
                                           "accuracy": best["accuracy"]},
                            "gap_points": (best["accuracy"] - auto["accuracy"]) * 100})
-    full = _run(problems, url, concurrency, f"B={early_stop_branches} full", branches=early_stop_branches,
+    full = _run(stop_problems, url, concurrency, f"B={early_stop_branches} full", branches=early_stop_branches,
                 latency_budget_s=early_stop_budget_s, early_stop=False)
-    early = _run(problems, url, concurrency, f"B={early_stop_branches} early stop", branches=early_stop_branches,
-                 latency_budget_s=early_stop_budget_s, early_stop=True)
+    early = _run(stop_problems, url, concurrency, f"B={early_stop_branches} early stop",
+                 branches=early_stop_branches, latency_budget_s=early_stop_budget_s, early_stop=True)
     status = _status(url)
     figures = {
         "p99_over_budget_ms": percentile(over_budget_ms, 99),
@@ -105,7 +111,8 @@ def run_planner_bench(url: str, out: str | Path, limit: int = 100, budgets_s: Se
         "details": {"problems": len(problems), "dataset": "arith500", "concurrency": concurrency,
                     "method": "majority", "budgets": per_budget,
                     "early_stop": {"full": full, "early": early, "branches": early_stop_branches,
-                                   "budget_s": early_stop_budget_s},
+                                   "budget_s": early_stop_budget_s, "problems": len(stop_problems),
+                                   "rule": status.get("early_stop_rule")},
                     "keeper_status": status},
         "command": command,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
