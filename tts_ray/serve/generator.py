@@ -4,8 +4,10 @@ method that runs a single branch and says which replica ran it."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import time
+import uuid
 from typing import Any
 
 from ray import serve
@@ -23,10 +25,13 @@ class GeneratorServer(LLMServer):
     async def generate_branch(self, request: Any, deadline_unix_s: float | None = None) -> dict[str, Any]:
         """Run one completion request (n=1) and summarise it.
 
-        The request is streamed inside the replica so that at ``deadline_unix_s`` (a
-        ``time.time()`` instant) the branch can stop where it is: the engine request is
-        aborted and the partial text comes back with ``finish_reason="deadline"``. A caller
-        that cancels this call aborts the engine request the same way.
+        The branch goes straight to the replica's vLLM engine (``AsyncLLM.generate`` with
+        delta outputs): no OpenAI response objects or SSE lines per token, which on a fast GPU
+        cost more than the decode step itself. At ``deadline_unix_s`` (a ``time.time()``
+        instant) the branch stops where it is: the engine request is aborted and the partial
+        text comes back with ``finish_reason="deadline"``. A caller that cancels this call
+        aborts the engine request the same way. Without an engine client (another
+        ``LLMServer`` engine) the OpenAI completions path runs it instead.
 
         Returns ``{"text", "num_tokens", "finish_reason", "stop_reason", "replica",
         "spec_accepted_tokens", "spec_verify_steps"}``; the last two come from vLLM's
@@ -36,6 +41,71 @@ class GeneratorServer(LLMServer):
             RuntimeError: the engine answered with an error.
         """
         replica = serve.get_replica_context().replica_id.unique_id
+        client = getattr(self.engine, "_engine_client", None)
+        if client is None or not hasattr(client, "generate"):
+            result = await self._generate_branch_openai(request, deadline_unix_s)
+        else:
+            result = await self._generate_branch_engine(client, request, deadline_unix_s)
+        return {**result, "replica": replica}
+
+    async def _generate_branch_engine(self, client: Any, request: Any,
+                                      deadline_unix_s: float | None) -> dict[str, Any]:
+        from vllm import SamplingParams, TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        tokenizer = client.get_tokenizer()
+        if inspect.isawaitable(tokenizer):  # a coroutine in older vLLM releases
+            tokenizer = await tokenizer
+        prompt_ids = tokenizer.encode(request.prompt, add_special_tokens=request.add_special_tokens
+                                      if request.add_special_tokens is not None else True)
+        stop = request.stop if request.stop is None or isinstance(request.stop, list) else [request.stop]
+        params = SamplingParams(n=1, temperature=request.temperature if request.temperature is not None else 1.0,
+                                max_tokens=request.max_tokens, stop=stop, seed=request.seed,
+                                output_kind=RequestOutputKind.DELTA)
+        request_id = f"branch-{uuid.uuid4().hex}"
+        stream = client.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, request_id)
+        texts: list[str] = []
+        result: dict[str, Any] = {"num_tokens": 0, "finish_reason": None, "stop_reason": None,
+                                  "spec_accepted_tokens": None, "spec_verify_steps": None}
+        finished = False
+        try:
+            while True:
+                timeout_s = None if deadline_unix_s is None else deadline_unix_s - time.time()
+                if timeout_s is not None and timeout_s <= 0:
+                    result["finish_reason"] = "deadline"
+                    break
+                try:
+                    # On timeout wait_for cancels the pending read, which aborts the engine request.
+                    output = await asyncio.wait_for(stream.__anext__(), timeout_s)
+                except StopAsyncIteration:
+                    finished = True
+                    break
+                except asyncio.TimeoutError:
+                    result["finish_reason"] = "deadline"
+                    break
+                for completion in output.outputs:
+                    texts.append(completion.text)
+                    result["num_tokens"] += len(completion.token_ids)
+                    if completion.finish_reason is not None:
+                        result["finish_reason"] = completion.finish_reason
+                        result["stop_reason"] = completion.stop_reason if isinstance(
+                            completion.stop_reason, str) else None
+                        metrics = getattr(completion, "spec_decode_metrics", None)
+                        if metrics is not None:
+                            summary = metrics.to_dict()
+                            result["spec_accepted_tokens"] = summary.get("num_accepted_draft_tokens")
+                            result["spec_verify_steps"] = summary.get("num_spec_steps")
+                if output.finished:
+                    finished = True
+                    break
+        finally:
+            await _close(stream)
+            if not finished:
+                await client.abort(request_id)
+        return {**result, "text": "".join(texts)}
+
+    async def _generate_branch_openai(self, request: Any, deadline_unix_s: float | None) -> dict[str, Any]:
+        """``generate_branch`` through ray.serve.llm's OpenAI completions (streamed SSE)."""
         # Re-validate rather than assign: stream_options must become vLLM's StreamOptions model.
         request = type(request).model_validate({
             **request.model_dump(exclude_unset=True), "stream": True,
@@ -51,7 +121,6 @@ class GeneratorServer(LLMServer):
                     result["finish_reason"] = "deadline"
                     break
                 try:
-                    # On timeout wait_for cancels the pending read, which aborts the engine request.
                     item = await asyncio.wait_for(stream.__anext__(), timeout_s)
                 except StopAsyncIteration:
                     break
@@ -62,7 +131,7 @@ class GeneratorServer(LLMServer):
                     _apply_event(event, texts, result)
         finally:
             await _close(stream)
-        return {**result, "text": "".join(texts), "replica": replica}
+        return {**result, "text": "".join(texts)}
 
     async def num_unfinished_requests(self) -> int:
         """Requests the engine holds (waiting or running): 0 once every branch has ended."""
