@@ -65,43 +65,32 @@ class GeneratorServer(LLMServer):
         request_id = f"branch-{uuid.uuid4().hex}"
         stream = client.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, request_id)
         texts: list[str] = []
-        result: dict[str, Any] = {"num_tokens": 0, "finish_reason": None, "stop_reason": None,
-                                  "spec_accepted_tokens": None, "spec_verify_steps": None}
+        result = _empty_result()
+
+        def fold(output: Any) -> bool:
+            for completion in output.outputs:
+                texts.append(completion.text)
+                result["num_tokens"] += len(completion.token_ids)
+                if completion.finish_reason is not None:
+                    result["finish_reason"] = completion.finish_reason
+                    result["stop_reason"] = (completion.stop_reason
+                                             if isinstance(completion.stop_reason, str) else None)
+                    metrics = getattr(completion, "spec_decode_metrics", None)
+                    if metrics is not None:
+                        summary = metrics.to_dict()
+                        result["spec_accepted_tokens"] = summary.get("num_accepted_draft_tokens")
+                        result["spec_verify_steps"] = summary.get("num_spec_steps")
+            return output.finished
+
         finished = False
         try:
-            while True:
-                timeout_s = None if deadline_unix_s is None else deadline_unix_s - time.time()
-                if timeout_s is not None and timeout_s <= 0:
-                    result["finish_reason"] = "deadline"
-                    break
-                try:
-                    # On timeout wait_for cancels the pending read, which aborts the engine request.
-                    output = await asyncio.wait_for(stream.__anext__(), timeout_s)
-                except StopAsyncIteration:
-                    finished = True
-                    break
-                except asyncio.TimeoutError:
-                    result["finish_reason"] = "deadline"
-                    break
-                for completion in output.outputs:
-                    texts.append(completion.text)
-                    result["num_tokens"] += len(completion.token_ids)
-                    if completion.finish_reason is not None:
-                        result["finish_reason"] = completion.finish_reason
-                        result["stop_reason"] = completion.stop_reason if isinstance(
-                            completion.stop_reason, str) else None
-                        metrics = getattr(completion, "spec_decode_metrics", None)
-                        if metrics is not None:
-                            summary = metrics.to_dict()
-                            result["spec_accepted_tokens"] = summary.get("num_accepted_draft_tokens")
-                            result["spec_verify_steps"] = summary.get("num_spec_steps")
-                if output.finished:
-                    finished = True
-                    break
+            finished = await _read_until(stream, deadline_unix_s, fold)
         finally:
             await _close(stream)
             if not finished:
                 await client.abort(request_id)
+        if not finished:
+            result["finish_reason"] = "deadline"
         return {**result, "text": "".join(texts)}
 
     async def _generate_branch_openai(self, request: Any, deadline_unix_s: float | None) -> dict[str, Any]:
@@ -112,23 +101,16 @@ class GeneratorServer(LLMServer):
             "stream_options": {"include_usage": True, "continuous_usage_stats": True}})
         stream = (await self.completions(request)).__aiter__()
         texts: list[str] = []
-        result: dict[str, Any] = {"num_tokens": 0, "finish_reason": None, "stop_reason": None,
-                                  "spec_accepted_tokens": None, "spec_verify_steps": None}
+        result = _empty_result()
+
+        def fold(item: Any) -> bool:
+            for event in item if isinstance(item, list) else [item]:
+                _apply_event(event, texts, result)
+            return False  # the stream ends by itself
+
         try:
-            while True:
-                timeout_s = None if deadline_unix_s is None else deadline_unix_s - time.time()
-                if timeout_s is not None and timeout_s <= 0:
-                    result["finish_reason"] = "deadline"
-                    break
-                try:
-                    item = await asyncio.wait_for(stream.__anext__(), timeout_s)
-                except StopAsyncIteration:
-                    break
-                except asyncio.TimeoutError:
-                    result["finish_reason"] = "deadline"
-                    break
-                for event in item if isinstance(item, list) else [item]:
-                    _apply_event(event, texts, result)
+            if not await _read_until(stream, deadline_unix_s, fold):
+                result["finish_reason"] = "deadline"
         finally:
             await _close(stream)
         return {**result, "text": "".join(texts)}
@@ -137,6 +119,29 @@ class GeneratorServer(LLMServer):
         """Requests the engine holds (waiting or running): 0 once every branch has ended."""
         client = getattr(self.engine, "_engine_client", None)
         return client.get_num_unfinished_requests() if client is not None else 0
+
+
+def _empty_result() -> dict[str, Any]:
+    return {"num_tokens": 0, "finish_reason": None, "stop_reason": None,
+            "spec_accepted_tokens": None, "spec_verify_steps": None}
+
+
+async def _read_until(stream: Any, deadline_unix_s: float | None, fold) -> bool:
+    """Feed ``stream``'s items to ``fold`` until it ends, ``fold`` returns True (finished), or
+    ``deadline_unix_s`` passes. Returns whether it finished (False: stopped at the deadline)."""
+    while True:
+        timeout_s = None if deadline_unix_s is None else deadline_unix_s - time.time()
+        if timeout_s is not None and timeout_s <= 0:
+            return False
+        try:
+            # On timeout wait_for cancels the pending read, which aborts the engine request.
+            item = await asyncio.wait_for(stream.__anext__(), timeout_s)
+        except StopAsyncIteration:
+            return True
+        except asyncio.TimeoutError:
+            return False
+        if fold(item):
+            return True
 
 
 def _apply_event(event: Any, texts: list[str], result: dict[str, Any]) -> None:
