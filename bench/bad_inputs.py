@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     statuses: dict[str, int] = {}
     five_xx: list[tuple[str, int, str]] = []
+    accepted: list[tuple[str, int, str]] = []  # answered 2xx: not refused (a "bad" body that is valid)
     started = time.perf_counter()
     for name, path, raw, key in cases:
         if raw is None:
@@ -93,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         statuses[str(status)] = statuses.get(str(status), 0) + 1
         if status >= 500:
             five_xx.append((name, status, body[:200].decode("utf-8", "replace")))
+        elif status < 300:
+            accepted.append((name, status, (raw or b"")[:200].decode("utf-8", "replace")))
     elapsed = time.perf_counter() - started
     try:
         with urllib.request.urlopen(f"{args.url}/health", timeout=30) as response:
@@ -102,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     valid_status, _ = post(f"{args.url}/v1/chat/completions", json.dumps(BASE_CHAT).encode(), args.api_key)
     summary = {"bad_inputs_tried": len(distinct), "bad_inputs_5xx": len(five_xx), "statuses": statuses,
                "healthy_after": health == 200 and valid_status == 200, "health_status": health,
-               "valid_request_status_after": valid_status, "seconds": round(elapsed, 1), "five_xx": five_xx}
+               "valid_request_status_after": valid_status, "seconds": round(elapsed, 1), "five_xx": five_xx,
+               "accepted": accepted}
     print(json.dumps(summary, indent=2))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -31,4 +31,6 @@ def router_options(config: AppConfig) -> dict[str, Any]:
     router = config.router
     return {"num_replicas": router.num_replicas, "max_ongoing_requests": router.max_ongoing_requests,
             "max_queued_requests": router.max_queued_requests,
-            "backpressure_config": {"status_code": 503, "retry_after_s": router.backpressure_retry_after_s}}
+            "backpressure_config": {"status_code": 503, "retry_after_s": router.backpressure_retry_after_s},
+            # a stopped replica finishes the requests it is answering (their budgets) first
+            "graceful_shutdown_timeout_s": router.graceful_shutdown_timeout_s}

@@ -58,6 +58,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# How long a replica being stopped (app deleted or redeployed, replica scaled down) waits for its
+# in-flight requests before Serve kills it: Serve's default is 20 s, shorter than the default
+# budget of a request (RouterConfig.default_latency_budget_s, 60 s), so the default here is that
+# budget plus room to merge and answer. Generators and the reward model drain as long as the
+# router, since a draining router's requests still run branches and scoring on them.
+DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S = 75.0
+
+
 class AutoscalingConfig(_Strict):
     """Ray Serve autoscaling of a deployment's replicas."""
 
@@ -128,6 +136,11 @@ class GeneratorPoolConfig(_Strict):
                                           description="Further vLLM engine arguments, passed as is.")
     runtime_env: dict[str, Any] = Field(default_factory=dict,
                                         description="Ray runtime_env of the replicas (e.g. env_vars).")
+    graceful_shutdown_timeout_s: float = Field(
+        DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S, ge=0,
+        description="When a replica is stopped (redeploy, delete, downscale), Serve sends it no new "
+                    "branches and waits up to this long for its running ones before killing it; "
+                    "keep it at least the router's.")
 
 
 class RewardConfig(_Strict):
@@ -159,6 +172,10 @@ class RewardConfig(_Strict):
                                           description="vLLM memory share.")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Further vLLM engine arguments.")
     runtime_env: dict[str, Any] = Field(default_factory=dict, description="Ray runtime_env of the replicas.")
+    graceful_shutdown_timeout_s: float = Field(
+        DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S, ge=0,
+        description="How long a stopped reward replica waits for its running scoring calls before "
+                    "Serve kills it; keep it at least the router's.")
 
 
 class RouterConfig(_Strict):
@@ -231,6 +248,13 @@ class RouterConfig(_Strict):
         512, ge=-1, description="Requests waiting for a router replica beyond those; more get 503 with "
                                 "Retry-After from Serve at once (-1: unbounded).")
     backpressure_retry_after_s: float = Field(1.0, ge=0, description="Retry-After of those 503s, seconds.")
+    graceful_shutdown_timeout_s: float = Field(
+        DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S, ge=0,
+        description="When a router replica is stopped (app deleted or redeployed, replica scaled "
+                    "down), Serve routes it no new requests and waits up to this long for the ones "
+                    "it is answering, which finish within their budgets; past it Serve kills the "
+                    "replica and their clients lose the connection. Keep it above the budgets "
+                    "clients use (default_latency_budget_s, 60 s, plus room to merge).")
 
     @model_validator(mode="after")
     def _defaults_within_limits(self) -> RouterConfig:

@@ -53,6 +53,17 @@ EVAL_RESULTS_PVC = "tts-ray-eval-results"
 # Created by the operator of the cluster (README "Deploying on Kubernetes"), never committed.
 HF_TOKEN_SECRET = "tts-ray-hf-token"
 HF_TOKEN_SECRET_KEY = "token"
+# The router's API keys (also created by the operator, never committed): one key per line in the
+# Secret's key API_KEYS_SECRET_KEY, mounted as a file into every RayService and RayJob pod. The
+# router reads the file named by TTS_RAY_API_KEYS_FILE (tts_ray/serve/security.py) and re-reads it
+# when the kubelet rewrites it, so a rotated Secret needs no restart. A volume, not an env var:
+# env vars from a Secret are fixed at pod start.
+API_KEYS_SECRET = "tts-ray-api-keys"
+API_KEYS_SECRET_KEY = "keys"
+API_KEYS_MOUNT = "/etc/tts-ray/api-keys"
+API_KEYS_FILE_ENV = "TTS_RAY_API_KEYS_FILE"
+# Owner and group may read (the ray user is in the pod's fsGroup, RAY_IMAGE_GID); others nothing.
+API_KEYS_FILE_MODE = 0o440
 
 MODEL_CACHE_MOUNT = "/models"
 HF_HOME = f"{MODEL_CACHE_MOUNT}/huggingface"
@@ -180,8 +191,10 @@ def load_serve_config(overlay: Overlay) -> dict[str, Any]:
 
 
 def serve_config_for_cluster(data: dict[str, Any]) -> dict[str, Any]:
-    """A Serve config as it runs in a KubeRay cluster: applications unchanged; proxies on
-    every node, listening on all interfaces, so KubeRay's Serve service reaches them.
+    """A Serve config as it runs in a KubeRay cluster: proxies on every node, listening on all
+    interfaces, so KubeRay's Serve service reaches them; the routers require API keys
+    (``router.require_api_keys``), so an empty key Secret stops the app from starting instead
+    of leaving the service open. Otherwise the applications are unchanged.
 
     Raises:
         ValueError: an HTTP port other than the one the Serve service targets.
@@ -190,6 +203,9 @@ def serve_config_for_cluster(data: dict[str, Any]) -> dict[str, Any]:
     http = dict(config.get("http_options") or {})
     if http.get("port", SERVE_PORT) != SERVE_PORT:
         raise ValueError(f"http_options.port must be {SERVE_PORT} (KubeRay's Serve service port)")
+    for application in config.get("applications") or []:
+        router = application.setdefault("args", {}).setdefault("router", {})
+        router["require_api_keys"] = True
     config["proxy_location"] = "EveryNode"
     config["http_options"] = {**http, "host": "0.0.0.0", "port": SERVE_PORT}
     return config
@@ -198,8 +214,8 @@ def serve_config_for_cluster(data: dict[str, Any]) -> dict[str, Any]:
 def serve_config_v2(overlay: Overlay) -> str:
     """The RayService's ``serveConfigV2`` text for ``overlay``."""
     body = dump_yaml(serve_config_for_cluster(load_serve_config(overlay)), sort_keys=False)
-    return (f"# Generated from deployments/{overlay.serve_config} by tts-ray k8s write: "
-            f"edit that file, then rerun it.\n{body}")
+    return (f"# Generated from deployments/{overlay.serve_config} by tts-ray k8s write (proxies on every "
+            f"node, router.require_api_keys set): edit that file, then rerun it.\n{body}")
 
 
 # --- worker groups from the app config ----------------------------------------------------------
@@ -263,20 +279,31 @@ def _labels(component: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": "tts-ray", "app.kubernetes.io/component": component}
 
 
-def _env() -> list[dict[str, Any]]:
+def _env(api_keys: bool = False) -> list[dict[str, Any]]:
     # Ray's token (RAY_AUTH_MODE, RAY_AUTH_TOKEN) is injected by KubeRay from authOptions.
-    return [
+    env = [
         {"name": "HF_HOME", "value": HF_HOME},
         # Optional: public models need no token; a gated one fails to download without it.
         {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
             "name": HF_TOKEN_SECRET, "key": HF_TOKEN_SECRET_KEY, "optional": True}}},
     ]
+    if api_keys:
+        # Serve replicas inherit the container's environment: the router finds its key file here
+        # (and tts_ray.eval takes its key from the same file when TTS_RAY_API_KEY is unset).
+        env.append({"name": API_KEYS_FILE_ENV, "value": f"{API_KEYS_MOUNT}/{API_KEYS_SECRET_KEY}"})
+    return env
+
+
+def _api_keys_volume() -> dict[str, Any]:
+    # Not optional: without the Secret the pods do not start, rather than serve openly.
+    return {"name": "api-keys", "secret": {"secretName": API_KEYS_SECRET, "defaultMode": API_KEYS_FILE_MODE,
+                                           "items": [{"key": API_KEYS_SECRET_KEY, "path": API_KEYS_SECRET_KEY}]}}
 
 
 def _pod_template(*, image_ref: str, container: str, component: str, cpus: int, memory_gib: int,
                   shm_gib: int, gpus: int = 0, ports: list[dict[str, Any]] | None = None,
                   readiness: dict[str, Any] | None = None, cpu_limit: int | None = None,
-                  results_volume: bool = False) -> dict[str, Any]:
+                  results_volume: bool = False, api_keys: bool = False) -> dict[str, Any]:
     requests: dict[str, Any] = {"cpu": str(cpus), "memory": f"{memory_gib}Gi"}
     limits: dict[str, Any] = {"cpu": str(cpu_limit or cpus), "memory": f"{memory_gib}Gi"}
     if gpus:
@@ -292,10 +319,13 @@ def _pod_template(*, image_ref: str, container: str, component: str, cpus: int, 
     if results_volume:
         mounts.append({"name": "eval-results", "mountPath": EVAL_RESULTS_MOUNT})
         volumes.append({"name": "eval-results", "persistentVolumeClaim": {"claimName": EVAL_RESULTS_PVC}})
+    if api_keys:
+        mounts.append({"name": "api-keys", "mountPath": API_KEYS_MOUNT, "readOnly": True})
+        volumes.append(_api_keys_volume())
     spec_container: dict[str, Any] = {
         "name": container,
         "image": image_ref,
-        "env": _env(),
+        "env": _env(api_keys),
         "resources": {"requests": requests, "limits": limits},
         "volumeMounts": mounts,
     }
@@ -310,7 +340,8 @@ def _pod_template(*, image_ref: str, container: str, component: str, cpus: int, 
     return {"metadata": {"labels": _labels(component)}, "spec": spec}
 
 
-def _head_group(image_ref: str, component: str, *, serve: bool, results_volume: bool = False) -> dict[str, Any]:
+def _head_group(image_ref: str, component: str, *, serve: bool, results_volume: bool = False,
+                api_keys: bool = False) -> dict[str, Any]:
     ports = [{"name": "gcs-server", "containerPort": GCS_PORT},
              {"name": "dashboard", "containerPort": DASHBOARD_PORT},
              {"name": "client", "containerPort": CLIENT_PORT}]
@@ -324,7 +355,7 @@ def _head_group(image_ref: str, component: str, *, serve: bool, results_volume: 
         "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
         "template": _pod_template(image_ref=image_ref, container="ray-head", component=component, cpus=HEAD_CPUS,
                                   memory_gib=HEAD_MEMORY_GIB, shm_gib=2, ports=ports,
-                                  results_volume=results_volume),
+                                  results_volume=results_volume, api_keys=api_keys),
     }
 
 
@@ -337,6 +368,8 @@ def _serve_readiness() -> dict[str, Any]:
 
 def _worker_group(group: WorkerGroup, image_ref: str, component: str, *, serve: bool,
                   min_pods: int | None = None) -> dict[str, Any]:
+    """A worker group of ``group``'s pods; ``serve``: they run the service (Serve's port and
+    readiness, the API keys mounted)."""
     low = group.min_pods if min_pods is None else min_pods
     high = group.max_pods
     ports = [{"name": "serve", "containerPort": SERVE_PORT}] if serve else None
@@ -345,14 +378,14 @@ def _worker_group(group: WorkerGroup, image_ref: str, component: str, *, serve: 
         template = _pod_template(image_ref=image_ref, container="ray-worker", component=component,
                                  cpus=CPU_POD_CPUS,
                                  memory_gib=CPU_POD_MEMORY_GIB, shm_gib=CPU_POD_SHM_GIB,
-                                 ports=ports, readiness=readiness)
+                                 ports=ports, readiness=readiness, api_keys=serve)
         return {"groupName": group.name, "replicas": low, "minReplicas": low, "maxReplicas": high,
                 "rayStartParams": {"num-cpus": str(CPU_POD_LOGICAL_CPUS)}, "template": template}
     gpus = group.gpus_per_pod
     template = _pod_template(image_ref=image_ref, container="ray-worker", component=component,
                              cpus=CPUS_PER_GPU * gpus,
                              memory_gib=MEMORY_GIB_PER_GPU * gpus, shm_gib=SHM_GIB_PER_GPU * gpus,
-                             gpus=gpus, ports=ports, readiness=readiness)
+                             gpus=gpus, ports=ports, readiness=readiness, api_keys=serve)
     return {"groupName": group.name, "replicas": low, "minReplicas": low, "maxReplicas": high,
             "rayStartParams": {},
             # Replicas ask for "accelerator_type:<type>"; declaring it lets the autoscaler
@@ -393,7 +426,8 @@ def base_objects(versions: Versions) -> list[dict[str, Any]]:
             # Clients reach the Serve proxies of the worker pods, next to the replicas.
             "excludeHeadPodFromServeSvc": True,
             "rayClusterConfig": {**_cluster_common(versions), **_autoscaling(),
-                                 "headGroupSpec": _head_group(image_ref, "service", serve=True)},
+                                 "headGroupSpec": _head_group(image_ref, "service", serve=True,
+                                                              api_keys=True)},
         },
     }
     job = {
@@ -410,7 +444,7 @@ def base_objects(versions: Versions) -> list[dict[str, Any]]:
             # The evaluation is an HTTP client of the service: a head pod is all it needs.
             "rayClusterSpec": {**_cluster_common(versions),
                                "headGroupSpec": _head_group(image_ref, "eval", serve=False,
-                                                            results_volume=True)},
+                                                            results_volume=True, api_keys=True)},
         },
     }
     adhoc = {

@@ -339,3 +339,51 @@ def test_fuzzed_bodies_never_get_a_5xx(fake_url):
     _set_modes()
     _fuzz_once(fake_url)
     assert get_json(f"{fake_url}/health", api_key=None)[0] == 200
+
+
+# --- graceful shutdown (a fake app of its own: deleting it leaves the shared one alone) -----------
+
+DRAIN_APP = "fake-drain"
+# Longer than Serve's own default drain (20 s), so the requests finish only because the
+# deployments' graceful_shutdown_timeout_s (from the config) is honoured.
+DRAIN_BUDGET_S = 24
+
+
+def test_in_flight_requests_finish_when_the_app_is_deleted(service_url):
+    from ray import serve
+
+    from tts_ray.serve.fakes import build_fake_app
+
+    args = json.loads(json.dumps(FAKE_ARGS))
+    for section in (*args["generators"], args["reward"], args["router"]):
+        section["graceful_shutdown_timeout_s"] = DRAIN_BUDGET_S + 20
+    serve.run(build_fake_app(args), name=DRAIN_APP, route_prefix=f"/{DRAIN_APP}", blocking=False)
+    _wait_running(DRAIN_APP, 180)
+    url = f"{service_url}/{DRAIN_APP}"
+    generators = [serve.get_deployment_handle(f"generator-{p}", app_name=DRAIN_APP) for p in ("a", "b")]
+    for handle in generators:  # every branch waits for its deadline, then answers what it has
+        handle.set_mode.remote("block").result()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        started = time.monotonic()
+        futures = [pool.submit(_fake_chat, url, method="majority", branches=2, latency_budget_s=DRAIN_BUDGET_S)
+                   for _ in range(2)]
+        deadline = time.monotonic() + 30
+        while sum(h.num_unfinished_requests.remote().result() for h in generators) < 4:
+            assert time.monotonic() < deadline, "the branches never reached the generators"
+            time.sleep(0.1)
+        serve.delete(DRAIN_APP, _blocking=False)
+        deleting = time.monotonic()
+        results = [f.result(timeout=DRAIN_BUDGET_S + 60) for f in futures]
+    answered = time.monotonic() - started
+    print(f"in-flight requests answered {answered:.1f}s after they started, "
+          f"{time.monotonic() - deleting:.1f}s into the deletion")
+    for status, out in results:
+        assert status == 200, out  # answered in full, not cut when their replicas stopped
+        assert out["choices"][0]["finish_reason"] == "deadline" and out["tts"]["faults"]["failed_branches"] == 0, out
+    assert answered >= DRAIN_BUDGET_S - 1
+    # the deletion completes once they are answered, and the route is gone
+    while DRAIN_APP in serve.status().applications:
+        assert time.monotonic() - deleting < DRAIN_BUDGET_S + 60, serve.status().applications[DRAIN_APP]
+        time.sleep(0.5)
+    status, _ = _fake_chat(url, method="single")
+    assert status == 404

@@ -94,3 +94,20 @@ def test_cpu_pool_keeps_cpu_bundles_and_takes_a_strategy():
     _, engine = _engine_config(tensor_parallel_size=2, placement_strategy="STRICT_PACK")
     assert engine.placement_strategy == "STRICT_PACK"
     assert [(b.get("CPU"), b.get("GPU", 0)) for b in engine.placement_bundles] == [(1, 0), (1, 0)]
+
+
+@pytest.mark.parametrize("path", DEPLOYMENTS, ids=lambda p: p.name)
+def test_stopped_replicas_drain_requests_of_the_default_budget(path: Path):
+    """Serve waits graceful_shutdown_timeout_s for a stopped replica's in-flight requests (its
+    own default, 20 s, is shorter than a request's default budget); the engines drain at least
+    as long as the router whose requests run on them."""
+    from tts_ray.app import router_options
+    from tts_ray.serve.generator import llm_config
+
+    config = load_app_config(path)
+    router_drain = router_options(config)["graceful_shutdown_timeout_s"]
+    assert router_drain == config.router.graceful_shutdown_timeout_s > config.router.default_latency_budget_s
+    for pool in config.generators:
+        assert llm_config(pool).deployment_config["graceful_shutdown_timeout_s"] >= router_drain, pool.name
+    if config.reward is not None:
+        assert config.reward.graceful_shutdown_timeout_s >= router_drain

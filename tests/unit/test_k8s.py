@@ -194,7 +194,12 @@ def test_serve_config_v2_parses_with_ray_and_app_schema_and_matches_deployments(
     serve_config = yaml.safe_load(text)
     ServeDeploySchema.model_validate(serve_config)
     source = yaml.safe_load((REPO_DIR / "deployments" / k8s.OVERLAYS[overlay].serve_config).read_text())
-    # The applications are the deployments file's, unchanged; only where the proxies listen differs.
+    # The applications are the deployments file's, except that the routers require API keys;
+    # otherwise only where the proxies listen differs.
+    for application in serve_config["applications"]:
+        assert application["args"]["router"].pop("require_api_keys") is True
+        if not application["args"]["router"]:
+            del application["args"]["router"]
     assert serve_config["applications"] == source["applications"]
     assert serve_config["proxy_location"] == "EveryNode"
     assert serve_config["http_options"] == {**source.get("http_options", {}), "host": "0.0.0.0", "port": 8000}
@@ -210,13 +215,20 @@ SECRET_TEXT = re.compile(r"hf_[A-Za-z0-9]{20,}|-----BEGIN [A-Z ]*PRIVATE KEY----
 REFERENCE_KEYS = {"secretName", "name", "key"}
 
 
+def _names_a_file(name: str, value: Any) -> bool:
+    """An env var like TTS_RAY_API_KEYS_FILE whose value is the path of a mounted file: a
+    reference to where the secret is, not the secret."""
+    return name.endswith("_FILE") and isinstance(value, str) and value.startswith("/") and " " not in value
+
+
 def literal_secrets(node: Any, path: str = "") -> list[str]:
     """Where ``node`` (a manifest) holds what looks like a secret value rather than a reference."""
     found: list[str] = []
     if isinstance(node, dict):
         if node.get("kind") == "Secret" and (node.get("data") or node.get("stringData")):
             found.append(f"{path}: a Secret with data")
-        if isinstance(node.get("name"), str) and SECRET_NAME.search(node["name"]) and "value" in node:
+        if (isinstance(node.get("name"), str) and SECRET_NAME.search(node["name"]) and "value" in node
+                and not _names_a_file(node["name"], node["value"])):
             found.append(f"{path}/{node['name']}: literal value")
         for key, value in node.items():
             if (isinstance(value, str) and value and SECRET_NAME.search(str(key))
@@ -242,6 +254,35 @@ def test_no_manifest_carries_a_literal_secret(overlay: str):
             assert not SECRET_TEXT.search(path.read_text()), path
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_service_and_eval_pods_read_the_api_keys_from_a_mounted_secret(overlay: str):
+    objects = rendered(overlay)
+    key_file = f"{k8s.API_KEYS_MOUNT}/{k8s.API_KEYS_SECRET_KEY}"
+    checked = 0
+    for where, template in _pod_templates(objects):
+        if where.startswith("RayCluster/"):
+            continue  # the ad hoc cluster serves nothing
+        volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+        for container in template["spec"]["containers"]:
+            env = {e["name"]: e for e in container["env"]}
+            # the variable the router reads its key file from (router.api_keys_file unset)
+            assert env["TTS_RAY_API_KEYS_FILE"] == {"name": "TTS_RAY_API_KEYS_FILE", "value": key_file}, where
+            assert "TTS_RAY_API_KEYS" not in env, where
+            (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == k8s.API_KEYS_MOUNT]
+            assert mount["readOnly"] is True, where
+            secret = volumes[mount["name"]]["secret"]
+            assert secret["secretName"] == k8s.API_KEYS_SECRET and not secret.get("optional"), where
+            assert secret["items"] == [{"key": k8s.API_KEYS_SECRET_KEY, "path": k8s.API_KEYS_SECRET_KEY}], where
+            assert secret["defaultMode"] & 0o007 == 0, where  # not world-readable
+            checked += 1
+    assert checked >= 3  # the service's head and workers, the evaluation job's head
+    # An empty or missing key file must not leave the service open.
+    serve_config = yaml.safe_load(_of_kind(objects, "RayService")["spec"]["serveConfigV2"])
+    for application in serve_config["applications"]:
+        router = AppConfig.model_validate(application["args"]).router
+        assert router.require_api_keys and router.api_keys_file is None
+
+
 def test_the_secret_scan_finds_literal_secrets():
     leaky = [
         {"env": [{"name": "HF_TOKEN", "value": "hf_abcdefghijklmnopqrstuvwxyz0123"}]},
@@ -250,7 +291,9 @@ def test_the_secret_scan_finds_literal_secrets():
         {"args": ["--key", "sk-abcdefghijklmnopqrstuvwxyz"]},
     ]
     assert len(literal_secrets(leaky)) >= 4
-    safe = {"env": [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}]}
+    assert literal_secrets([{"env": [{"name": "API_KEYS_FILE", "value": "sk-not-a-path"}]}])
+    safe = {"env": [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}},
+                    {"name": "TTS_RAY_API_KEYS_FILE", "value": "/etc/tts-ray/api-keys/keys"}]}
     assert literal_secrets(safe) == []
 
 

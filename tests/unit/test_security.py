@@ -216,3 +216,14 @@ def test_parse_json_body_refuses_lone_surrogates_in_keys_and_values():
         with pytest.raises(APIError, match="surrogate"):
             parse_json_body(raw, max_depth=32)
     assert parse_json_body(b'{"prompt": "\\ud83d\\ude00"}', 32)["prompt"] == "\U0001f600"  # a valid pair
+
+
+def test_an_evaluation_takes_its_key_from_the_env_var_else_the_mounted_key_file(tmp_path):
+    from tts_ray.eval.runner import default_api_key
+
+    key_file = tmp_path / "keys"
+    key_file.write_text("# rotated 2026-11\nsk-first\nsk-second\n")
+    assert default_api_key({"TTS_RAY_API_KEY": "sk-env", "TTS_RAY_API_KEYS_FILE": str(key_file)}) == "sk-env"
+    assert default_api_key({"TTS_RAY_API_KEYS_FILE": str(key_file)}) == "sk-first"
+    assert default_api_key({"TTS_RAY_API_KEYS_FILE": str(tmp_path / "missing")}) is None
+    assert default_api_key({}) is None

@@ -76,7 +76,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="folder for results.jsonl, summary.json and summary.csv")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--api-key", default=None,
-                        help="Bearer key for a service with API keys on (default: $TTS_RAY_API_KEY)")
+                        help="Bearer key for a service with API keys on (default: $TTS_RAY_API_KEY, "
+                             "else the first key in the file $TTS_RAY_API_KEYS_FILE)")
     return parser
 
 

@@ -34,6 +34,25 @@ class ServiceUnavailableError(ConnectionError):
     """The service at the given URL does not answer its health check."""
 
 
+def default_api_key(environ: dict[str, str] | None = None) -> str | None:
+    """The key an evaluation sends when none is given: ``$TTS_RAY_API_KEY``, else the first key
+    of the service's own key file ``$TTS_RAY_API_KEYS_FILE`` (the evaluation RayJob mounts the
+    service's key Secret there), else None."""
+    from tts_ray.serve.security import parse_keys
+
+    environ = os.environ if environ is None else environ
+    if environ.get("TTS_RAY_API_KEY", "").strip():
+        return environ["TTS_RAY_API_KEY"].strip()
+    path = environ.get("TTS_RAY_API_KEYS_FILE")
+    if path:
+        try:
+            keys = parse_keys(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
+            return None
+        return keys[0] if keys else None
+    return None
+
+
 class EvalRequest(BaseModel):
     """What each request asks of the service (None leaves a field to the service's defaults)."""
 
@@ -51,9 +70,9 @@ class EvalRequest(BaseModel):
         "chat", description="POST /v1/chat/completions (problem as the user message) or /v1/completions.")
     request_timeout_s: float = Field(900.0, gt=0, description="Client-side timeout of one request.")
     api_key: str | None = Field(
-        default_factory=lambda: os.environ.get("TTS_RAY_API_KEY") or None, exclude=True, repr=False,
-        description="Bearer key for a service with API keys on (default: $TTS_RAY_API_KEY); never "
-                    "written to the outputs.")
+        default_factory=lambda: default_api_key(), exclude=True, repr=False,
+        description="Bearer key for a service with API keys on (default: $TTS_RAY_API_KEY, else the "
+                    "first key in the file $TTS_RAY_API_KEYS_FILE); never written to the outputs.")
 
     @field_validator("branches")
     @classmethod

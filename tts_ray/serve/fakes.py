@@ -92,9 +92,11 @@ def build_fake_app(args: dict[str, Any]):
 
     config = AppConfig.model_validate(args)
     generators = [serve.deployment(FakeGenerator, name=f"generator-{pool.name}", max_ongoing_requests=10_000,
+                                   graceful_shutdown_timeout_s=pool.graceful_shutdown_timeout_s,
                                    ray_actor_options={"num_cpus": 0}).bind(pool.name)
                   for pool in config.generators]
     reward = (serve.deployment(FakeReward, name="reward", max_ongoing_requests=10_000,
+                               graceful_shutdown_timeout_s=config.reward.graceful_shutdown_timeout_s,
                                ray_actor_options={"num_cpus": 0}).bind()
               if config.reward is not None else None)
     return Router.options(**router_options(config)).bind(config.model_dump(), generators, build_budget(config),

@@ -197,7 +197,8 @@ def llm_config(pool: GeneratorPoolConfig) -> LLMConfig:
         # Per-request acceptance in each response (n=1, as every branch is).
         engine_kwargs["per_request_spec_decode_metrics"] = "summary"
     engine_kwargs.update(pool.engine_kwargs)
-    deployment_config: dict[str, Any] = {"max_ongoing_requests": pool.max_ongoing_requests}
+    deployment_config: dict[str, Any] = {"max_ongoing_requests": pool.max_ongoing_requests,
+                                         "graceful_shutdown_timeout_s": pool.graceful_shutdown_timeout_s}
     if pool.autoscaling is not None:
         deployment_config["autoscaling_config"] = pool.autoscaling.model_dump()
     else:

@@ -58,6 +58,7 @@ def build_reward(config: RewardConfig):
     """A bound reward deployment for ``config``."""
     options: dict[str, Any] = {"name": "reward", "num_replicas": config.num_replicas,
                                "max_ongoing_requests": config.max_ongoing_requests,
+                               "graceful_shutdown_timeout_s": config.graceful_shutdown_timeout_s,
                                "ray_actor_options": {"num_cpus": 1}}
     if config.accelerator_type is not None:
         options["ray_actor_options"] = {"num_gpus": 1, "accelerator_type": config.accelerator_type}
