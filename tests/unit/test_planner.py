@@ -151,18 +151,19 @@ def test_a_requested_draft_length_pins_the_pool():
 
 
 def test_extra_branches_insure_against_the_length_tail():
-    # Half the branches need 50 tokens, half 150; voting adds nothing (flat curve). At 1.2 s a
-    # branch gets ~114 tokens before the deadline: a lone branch finishes with p = 0.5, so
-    # more branches pay as insurance (P(none finishes) = 0.5^B) even though their expected
-    # longest branch no longer fits the budget.
+    # Half the branches need 50 tokens, half 150; voting adds nothing (flat curve). At 1.5 s a
+    # branch gets 144 tokens before the deadline: each finishes with p = 0.5, so extra
+    # branches pay as insurance (P(none finishes) = 0.5^B) as long as their expected longest
+    # branch (150 - 100 / 2^B tokens) still fits: B = 4 (1.4975 s), not 5 (1.53 s). Ranking by
+    # calibrated accuracy alone would tie and take the quickest, B = 1.
     flat = {"majority": [0.5] * 32, "single": [0.5]}
     planner, loads = setup(SPEC_NEVER_PAYS, lengths=[50] * 5 + [150] * 5, accuracy=flat)
-    plan = planner.plan(request(1.2, method="majority"), loads)
-    assert plan.pool == "plain" and plan.num_branches >= 4
+    plan = planner.plan(request(1.5, method="majority"), loads)
+    assert plan.pool == "plain" and plan.num_branches == 4 and plan.predicted_s <= 1.5
     assert plan.branch_finish_probability == pytest.approx(0.5)
-    assert plan.expected_accuracy == pytest.approx(0.5 * (1 - 0.5 ** plan.num_branches))
+    assert plan.expected_accuracy == pytest.approx(0.5 * (1 - 0.5 ** 4))
     # with B fixed to 1, the same request's expected accuracy is the lone branch's chance
-    single = planner.plan(request(1.2, method="majority", branches=1), loads)
+    single = planner.plan(request(1.5, method="majority", branches=1), loads)
     assert single.expected_accuracy == pytest.approx(0.25)
 
 

@@ -184,3 +184,28 @@ def test_finish_probability_and_accuracy_by_deadline():
     assert model.accuracy_by_deadline("majority", 3, 0.5) == pytest.approx(0.75 * 0.5 + 0.125 * 0.7)
     assert model.accuracy_by_deadline("majority", 4, 0.0) == 0.0
     assert model.accuracy_by_deadline("best_of_n", 2, 0.5) is None
+
+
+def test_a_burst_of_requests_shrinks_each_ones_fair_share_before_the_pool_fills():
+    keeper = _keeper()  # 2 replicas x 8 slots
+    idle = keeper.admit("first", PlanRequest(budget_s=100, max_tokens=10, method="majority"))
+    assert idle.fair_share == 16 and idle.num_branches == 16  # alone: every slot
+    keeper.release("first")
+    for i in range(8):  # a burst of 8 requests in flight
+        keeper.admit(f"b{i}", PlanRequest(budget_s=100, max_tokens=10, method="majority", branches=1))
+    for i in range(8):
+        keeper.release(f"b{i}")
+    # the pool is idle again, but the burst's next request gets a share, not all 16 slots
+    after = keeper.admit("next", PlanRequest(budget_s=100, max_tokens=10, method="majority"))
+    assert keeper.status()["pools"]["a"]["inflight_branches"] == after.num_branches
+    assert 1 <= after.fair_share < 16 and after.num_branches == after.fair_share
+
+
+def test_the_keeper_learns_speed_from_branches_stopped_at_the_deadline_too():
+    from tts_ray.methods.base import Branch
+    from tts_ray.serve.budget import observations_of
+
+    finished = Branch(text="x", answer="1", num_tokens=50, finish_reason="stop", elapsed_s=1.0)
+    stopped = Branch(text="x", answer=None, num_tokens=30, finish_reason="deadline", elapsed_s=2.0)
+    cancelled = Branch(text="", answer=None, num_tokens=0, finish_reason=None)
+    assert [o["num_tokens"] for o in observations_of([finished, stopped, cancelled])] == [50, 30]

@@ -23,6 +23,7 @@ MARGIN_QUANTILE = 0.95
 MARGIN_WINDOW = 100
 MARGIN_MIN_OBSERVED = 5
 MAX_MERGE_MARGIN_S = 1.0
+RECENT_REQUESTS_ALPHA = 0.2  # weight of each admission in the recent-requests average
 
 
 @dataclass
@@ -74,6 +75,7 @@ class BudgetKeeper:
         self.margin_floor_s = config.router.merge_margin_s
         self.adaptive_margin = config.router.adaptive_merge_margin
         self.needed_margins: list[float] = []  # generation deadline -> answer, of cut requests
+        self.recent_requests = 0.0  # EWMA of the requests in flight (all pools) at admissions
 
     def merge_margin_s(self) -> float:
         """The margin kept before the deadline for stopping branches, merging and answering:
@@ -91,6 +93,12 @@ class BudgetKeeper:
         Raises:
             ValueError: no pool serves the model; Infeasible: budget unreachable (429).
         """
+        # Fair shares look at the requests in flight lately, not only now: in a burst the
+        # first request must not take every slot from the ones right behind it.
+        active = sum(load.active_requests for load in self.loads.values())
+        self.recent_requests += RECENT_REQUESTS_ALPHA * (active - self.recent_requests)
+        for load in self.loads.values():
+            load.recent_requests = self.recent_requests
         margin_s = self.merge_margin_s()
         if self.latency is not None:
             self.latency.merge_margin_s = margin_s  # predictions include the margin in force

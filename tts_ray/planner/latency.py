@@ -23,6 +23,7 @@ class PoolLoad:
     slots_per_replica: int
     inflight_branches: int = 0
     active_requests: int = 0
+    recent_requests: float = 0.0  # EWMA of the requests in flight at recent admissions
     speed_factor: float = 1.0  # observed / profiled seconds per token (EWMA of live requests)
 
 

@@ -65,12 +65,14 @@ class Planner:
     """Exhaustive search over (pool, method, B): the grid is small (pools x 4 x max_branches),
     so the latency-optimal choice is exact rather than the paper's greedy approximation.
 
-    The objective is the calibrated accuracy *as the deadline leaves it*: from the plan's
-    seconds per token, the tokens a branch can decode before the deadline, the calibrated
-    share of branches that end within them (p), and E[accuracy(K)] over the K ~ Binomial(B, p)
-    branches that finish and vote. A plan whose expected length fits the budget but whose
-    lone branch often runs past it thus loses to one that finishes reliably; extra branches
-    are worth their cost both as votes and as insurance against the length tail.
+    Among plans whose expected longest branch fits the budget, the objective is the
+    calibrated accuracy *as the deadline leaves it*: from the plan's seconds per token, the
+    tokens a branch can decode before the deadline, the calibrated share of branches that end
+    within them (p), and E[accuracy(K)] over the K ~ Binomial(B, p) branches that finish and
+    vote. A plan whose lone branch often runs past the deadline thus loses to one that
+    finishes reliably (a faster pool, or a few extra branches as insurance against the length
+    tail). The fit test stays: the deadline would cut an over-long plan, but its branches
+    would still load the pool for everyone else.
     """
 
     def __init__(self, latency: LatencyModel | None) -> None:
@@ -144,17 +146,12 @@ class Planner:
                     # Accuracy as the deadline leaves it: branches still running then are cut,
                     # and only the finished ones vote (a lone long branch is the risky plan).
                     accuracy = self._accuracy(load.model_id, method, branches, finish)
-                    if accuracy is not None:
-                        # Calibrated: the deadline bounds every plan's latency (branches still
-                        # running then are cut), so rank by the accuracy left after the cut,
-                        # then by lower predicted latency.
-                        key = (True, accuracy, -prediction.total_s)
-                    else:
-                        # Uncalibrated: fits the budget, then log B as a proxy for accuracy,
-                        # then lower predicted latency.
-                        fits = prediction.total_s <= request.budget_s
-                        value = math.log(branches) / 100
-                        key = (fits, value if fits else -prediction.total_s, -prediction.total_s)
+                    # Rank: fits the budget (expected longest branch), then expected accuracy
+                    # as the deadline leaves it (log B as a proxy when uncalibrated), then lower
+                    # predicted latency.
+                    fits = prediction.total_s <= request.budget_s
+                    value = accuracy if accuracy is not None else math.log(branches) / 100
+                    key = (fits, value if fits else -prediction.total_s, -prediction.total_s)
                     if best is None or key > best[0]:
                         best = (key, name, method, branches, prediction, accuracy, share, finish)
         if quickest_single is None:
@@ -177,9 +174,11 @@ class Planner:
 
     @staticmethod
     def _fair_share(load: PoolLoad) -> int:
-        """Branch slots one more request may take: all free slots when the pool has room,
-        else an equal share of the pool's slots among its active requests."""
+        """Branch slots one more request may take: an equal share of the pool's slots among
+        the requests on it now or lately (``recent_requests``: a burst's next requests are
+        coming), within the free slots while there are any."""
         slots = load.slots_per_replica * load.replicas
         free = slots - load.inflight_branches
-        equal = slots // (load.active_requests + 1)
-        return max(1, free, equal)
+        competitors = max(load.active_requests, round(load.recent_requests))
+        equal = slots // (competitors + 1)
+        return max(1, equal if free <= 0 else min(free, equal))

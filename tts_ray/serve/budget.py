@@ -79,8 +79,11 @@ def build_budget(config: AppConfig):
 
 
 def observations_of(branches) -> list[dict[str, Any]]:
-    """What the keeper learns from: every branch that finished (not stopped or cancelled)."""
+    """What the keeper learns from: every branch that answered, finished or stopped at the
+    deadline (tokens decoded in the time it ran are a speed observation either way; leaving
+    out the stopped ones would hide exactly the slow branches). Cancelled branches carry no
+    token count and are left out."""
     return [asdict(BranchObservation(num_tokens=b.num_tokens, elapsed_s=b.elapsed_s or 0.0,
                                      spec_accepted_tokens=b.spec_accepted_tokens,
                                      spec_verify_steps=b.spec_verify_steps))
-            for b in branches if b.finish_reason not in ("deadline", None) and b.elapsed_s]
+            for b in branches if b.finish_reason is not None and b.elapsed_s and b.num_tokens]
