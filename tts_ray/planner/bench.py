@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import math
 import platform
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,6 +59,14 @@ def _status(url: str) -> dict[str, Any]:
     key = EvalRequest().api_key  # $TTS_RAY_API_KEY, as the bench's requests use
     return httpx.get(f"{url}/v1/tts/status", timeout=30,
                      headers={"Authorization": f"Bearer {key}"} if key else None).json()
+
+
+def _difference_ci95_points(a: dict[str, Any], b: dict[str, Any]) -> list[float]:
+    """95% interval (points) of accuracy(a) - accuracy(b) for two independent runs."""
+    diff = a["accuracy"] - b["accuracy"]
+    se = math.sqrt(a["accuracy"] * (1 - a["accuracy"]) / a["requests"]
+                   + b["accuracy"] * (1 - b["accuracy"]) / b["requests"])
+    return [round((diff - 1.96 * se) * 100, 2), round((diff + 1.96 * se) * 100, 2)]
 
 
 def run_planner_bench(url: str, out: str | Path, limit: int = 100, budgets_s: Sequence[float] = (1.5, 3.0, 6.0),
@@ -103,6 +112,9 @@ def run_planner_bench(url: str, out: str | Path, limit: int = 100, budgets_s: Se
         "auto_gap_points": max(b["gap_points"] for b in per_budget),
         "early_stop_token_saving": 1 - early["tokens_per_problem"] / full["tokens_per_problem"],
         "early_stop_accuracy_drop_points": (full["accuracy"] - early["accuracy"]) * 100,
+        # The two runs sample independently (no per-request seeds on CPU pools), so the drop
+        # carries the sampling noise of both: the normal-approximation 95% interval says how much.
+        "early_stop_accuracy_drop_ci95_points": _difference_ci95_points(full, early),
         "prediction_error_median_abs": status["prediction_error"]["median_abs"],
         "prediction_error_mean_signed": status["prediction_error"]["mean_signed"],
     }
