@@ -124,6 +124,12 @@ class GeneratorPoolConfig(_Strict):
     accelerator_type: str | None = Field(
         None, description="Ray accelerator type (e.g. H100); None runs on CPU.")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallelism (GPUs per replica).")
+    num_gpus: float | None = Field(
+        None, gt=0, le=1,
+        description="Share of a GPU each engine worker reserves in Ray when accelerator_type is set: "
+                    "below 1 puts several engines on one GPU (their gpu_memory_utilization, or "
+                    "kv_cache_memory_bytes in engine_kwargs, must then leave room for each other); "
+                    "None: one whole GPU per tensor-parallel rank.")
     placement_strategy: Literal["PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"] | None = Field(
         None, description="Ray placement-group strategy of a replica's engine workers (one bundle per "
                           "tensor-parallel rank): STRICT_PACK keeps them on one node (one pod on "
@@ -167,6 +173,9 @@ class RewardConfig(_Strict):
     num_replicas: int = Field(1, ge=1, description="Reward replicas.")
     max_ongoing_requests: int = Field(64, ge=1, description="Concurrent scoring calls per replica.")
     accelerator_type: str | None = Field(None, description="Ray accelerator type; None runs on CPU.")
+    num_gpus: float | None = Field(
+        None, gt=0, le=1, description="Share of a GPU the replica reserves in Ray when accelerator_type "
+                                      "is set (below 1: it shares the GPU with other engines); None: 1.")
     max_model_len: int = Field(MAX_MODEL_LEN, ge=16, description="Context length of the engine.")
     gpu_memory_utilization: float = Field(CPU_GPU_MEMORY_UTILIZATION, gt=0, le=1,
                                           description="vLLM memory share.")

@@ -210,9 +210,10 @@ def llm_config(pool: GeneratorPoolConfig) -> LLMConfig:
         placement = {"bundles": [{"CPU": 1}] * pool.tensor_parallel_size}
     else:
         kwargs["accelerator_type"] = pool.accelerator_type
-        if pool.placement_strategy is not None:
-            # ray.serve.llm's own GPU bundles (one GPU per rank), only with another strategy.
-            placement = {"bundle_per_worker": {"GPU": 1}}
+        if pool.placement_strategy is not None or pool.num_gpus is not None:
+            # ray.serve.llm's own GPU bundles (one GPU per rank, or the pool's share of one),
+            # only with another strategy or a GPU share.
+            placement = {"bundle_per_worker": {"GPU": pool.num_gpus or 1}}
     if placement is not None:
         if pool.placement_strategy is not None:
             placement["strategy"] = pool.placement_strategy

@@ -61,7 +61,8 @@ def build_reward(config: RewardConfig):
                                "graceful_shutdown_timeout_s": config.graceful_shutdown_timeout_s,
                                "ray_actor_options": {"num_cpus": 1}}
     if config.accelerator_type is not None:
-        options["ray_actor_options"] = {"num_gpus": 1, "accelerator_type": config.accelerator_type}
+        options["ray_actor_options"] = {"num_gpus": config.num_gpus or 1,
+                                        "accelerator_type": config.accelerator_type}
     if config.runtime_env:
         options["ray_actor_options"]["runtime_env"] = config.runtime_env
     return serve.deployment(RewardServer).options(**options).bind(config.model_dump())
