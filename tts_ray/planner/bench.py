@@ -21,6 +21,7 @@ import datetime
 import json
 import math
 import platform
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,8 @@ def _run(problems: Sequence[Problem], url: str, concurrency: int, label: str, **
         "latency_p99_s": percentile([r.latency_s for r in results], 99),
         "tokens_per_problem": sum(r.tokens or 0 for r in ok) / max(1, len(ok)),
         "wall_s": wall_s,
+        # what the planner chose (pool, B) and how often: explains an auto row's accuracy
+        "plans": dict(Counter(f"{r.plan['pool']}:B={r.plan['num_branches']}" for r in ok if r.plan)),
         "latencies_s": [round(r.latency_s, 4) for r in results],
     }
     print(f"{label:>28}: acc {row['accuracy']:.3f}  p50 {row['latency_p50_s']:.2f}s  "
