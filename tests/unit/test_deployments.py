@@ -111,3 +111,15 @@ def test_stopped_replicas_drain_requests_of_the_default_budget(path: Path):
         assert llm_config(pool).deployment_config["graceful_shutdown_timeout_s"] >= router_drain, pool.name
     if config.reward is not None:
         assert config.reward.graceful_shutdown_timeout_s >= router_drain
+
+
+def test_speculating_pools_ask_for_per_request_acceptance_where_vllm_has_it():
+    from tts_ray.config import load_app_config
+    from tts_ray.serve.generator import llm_config, supports_per_request_spec_metrics
+
+    config = load_app_config(REPO_DIR / "deployments" / "local.yaml")
+    for pool in config.generators:
+        kwargs = llm_config(pool).engine_kwargs
+        wanted = pool.speculative is not None and supports_per_request_spec_metrics()
+        assert (kwargs.get("per_request_spec_decode_metrics") == "summary") == wanted, pool.name
+    assert supports_per_request_spec_metrics()  # vLLM 0.32 here has it (0.26 does not)

@@ -184,6 +184,17 @@ async def _close(stream: Any) -> None:
             pass
 
 
+def supports_per_request_spec_metrics() -> bool:
+    """Whether the installed vLLM reports speculative acceptance per request (the engine
+    argument ``per_request_spec_decode_metrics``; vLLM 0.26 rejects it). Without it branches
+    report no acceptance and the keeper's tokens-per-step stays unknown."""
+    try:
+        from vllm.config import ObservabilityConfig
+    except Exception:  # noqa: BLE001 - no vLLM here: nothing to ask for
+        return False
+    return "per_request_spec_decode_metrics" in getattr(ObservabilityConfig, "__dataclass_fields__", {})
+
+
 def llm_config(pool: GeneratorPoolConfig) -> LLMConfig:
     """The ray.serve.llm ``LLMConfig`` of a generator pool."""
     engine_kwargs: dict[str, Any] = {
@@ -194,8 +205,9 @@ def llm_config(pool: GeneratorPoolConfig) -> LLMConfig:
     }
     if pool.speculative is not None:
         engine_kwargs["speculative_config"] = pool.speculative.to_vllm()
-        # Per-request acceptance in each response (n=1, as every branch is).
-        engine_kwargs["per_request_spec_decode_metrics"] = "summary"
+        if supports_per_request_spec_metrics():
+            # Per-request acceptance in each response (n=1, as every branch is).
+            engine_kwargs["per_request_spec_decode_metrics"] = "summary"
     engine_kwargs.update(pool.engine_kwargs)
     deployment_config: dict[str, Any] = {"max_ongoing_requests": pool.max_ongoing_requests,
                                          "graceful_shutdown_timeout_s": pool.graceful_shutdown_timeout_s}
