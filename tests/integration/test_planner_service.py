@@ -103,7 +103,7 @@ def test_early_stopping_accounts_for_every_branch(service_url, early_stop):
         # it stopped after a window whose vote was settled by the service's own rule
         rule = get_json(f"{service_url}/v1/tts/status")[1]["early_stop_rule"]
         assert counts["finished"] % rule["window"] == 0
-        answers = [answer for answer, n in tts["votes"].items() for _ in range(n)]
+        answers = [answer for answer, n in tts["votes"].items() for _ in range(round(n))]
         assert EarlyStopRule(**rule).settled(answers, remaining=counts["early_stopped"])
 
 

@@ -360,6 +360,11 @@ def test_in_flight_requests_finish_when_the_app_is_deleted(service_url):
     serve.run(build_fake_app(args), name=DRAIN_APP, route_prefix=f"/{DRAIN_APP}", blocking=False)
     _wait_running(DRAIN_APP, 180)
     url = f"{service_url}/{DRAIN_APP}"
+    # The proxies learn a new route a moment after the app runs: wait until it answers.
+    routed = time.monotonic() + 60
+    while _fake_chat(url, method="single")[0] != 200:
+        assert time.monotonic() < routed, "the new app's route never answered"
+        time.sleep(0.5)
     generators = [serve.get_deployment_handle(f"generator-{p}", app_name=DRAIN_APP) for p in ("a", "b")]
     for handle in generators:  # every branch waits for its deadline, then answers what it has
         handle.set_mode.remote("block").result()
@@ -367,9 +372,10 @@ def test_in_flight_requests_finish_when_the_app_is_deleted(service_url):
         started = time.monotonic()
         futures = [pool.submit(_fake_chat, url, method="majority", branches=2, latency_budget_s=DRAIN_BUDGET_S)
                    for _ in range(2)]
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while sum(h.num_unfinished_requests.remote().result() for h in generators) < 4:
             assert time.monotonic() < deadline, "the branches never reached the generators"
+            assert not any(f.done() for f in futures), [f.result() for f in futures if f.done()]
             time.sleep(0.1)
         serve.delete(DRAIN_APP, _blocking=False)
         deleting = time.monotonic()
