@@ -27,7 +27,6 @@ the service's defaults (temperature 0.7, EOS honoured); the tokens each run prod
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import json
 import statistics
@@ -120,11 +119,9 @@ def ratios(steps: dict[int, float]) -> dict[str, float]:
 
 
 def _pool_and_prompt(config_path: Path):
-    from tts_ray.config import AppConfig, resolve_model_source
-    from tts_ray.serve.local import read_serve_config
+    from tts_ray.config import load_app_config, resolve_model_source
 
-    app = AppConfig.model_validate(read_serve_config(config_path)["applications"][0]["args"])
-    pool = app.generators[0]
+    pool = load_app_config(config_path).generators[0]
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(pool.model_source))
@@ -275,7 +272,6 @@ def with_overrides(config_path: Path, out: Path, accelerator_type: str | None = 
     import yaml
 
     data = yaml.safe_load(config_path.read_text())
-    data = copy.deepcopy(data)
     args = data["applications"][0]["args"]
     if accelerator_type:
         for pool in args["generators"]:

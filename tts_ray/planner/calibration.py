@@ -90,8 +90,9 @@ class Calibration(JsonFile):
     command: str = Field("", description="The command that produced it.")
 
 
-def _pick(answers: Sequence[str | None], weights: Sequence[float], how: str) -> str | None:
-    """The answer a method picks from normalized answers (ties: first seen)."""
+def pick_answer(answers: Sequence[str | None], weights: Sequence[float], how: str) -> str | None:
+    """The answer a method (``majority``, ``weighted_majority``, ``best_of_n``) picks from
+    normalized answers (ties: first seen)."""
     if how == "best_of_n":
         best = max(range(len(answers)), key=lambda i: (answers[i] is not None, weights[i], -i))
         return answers[best]
@@ -136,7 +137,7 @@ def accuracy_curves(problems: Sequence[dict], max_branches: int | None = None,
                 answers = [p["answers"][i] for i in idx]
                 weights = [p["scores"][i] for i in idx] if scored else [1.0] * branches
                 for m in methods:
-                    hits[m] += _pick(answers, weights, m) in right
+                    hits[m] += pick_answer(answers, weights, m) in right
         for m in methods:
             curves[m].append(hits[m] / (draws * len(problems)))
     curves["single"] = [curves["majority"][0]]

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tts_ray.planner.calibration import pick_answer
+
 CRITERIA = ("beta", "final_vote")
 # Posterior predictive of final_vote (a Polya urn): an answer seen c times is drawn with weight
 # c + PRIOR_PER_ANSWER, one not seen yet with weight NEW_ANSWER_PRIOR.
@@ -114,15 +116,6 @@ class EarlyStopRule:
         return prob_leader_ahead(counts[0], runner_up) >= self.confidence
 
 
-def _majority(answers: Sequence[str | None]) -> str | None:
-    """The plain vote's winner (ties: first seen), as the majority method picks it."""
-    counts = Counter(a for a in answers if a is not None)
-    if not counts:
-        return None
-    order = {a: i for i, a in reversed(list(enumerate(answers)))}
-    return max(counts, key=lambda a: (counts[a], -order[a]))
-
-
 def simulate(problems: Sequence[dict[str, Any]], rule: EarlyStopRule, branches: int,
              orders: int = 8, seed: int = 0) -> dict[str, float]:
     """Run ``rule`` offline on recorded samples: for each problem and each of ``orders`` random
@@ -147,14 +140,14 @@ def simulate(problems: Sequence[dict[str, Any]], rule: EarlyStopRule, branches: 
         for _ in range(orders):
             idx = rng.sample(range(len(p["answers"])), branches)
             answers = [p["answers"][i] for i in idx]
-            full_hits += _majority(answers) in right
+            full_hits += pick_answer(answers, [1.0] * branches, "majority") in right
             full_tokens += sum(lengths[i] for i in idx)
             used = branches
             for end in range(rule.window, branches, rule.window):
                 if rule.settled(answers[:end], remaining=branches - end):
                     used = end
                     break
-            early_hits += _majority(answers[:used]) in right
+            early_hits += pick_answer(answers[:used], [1.0] * used, "majority") in right
             early_tokens += sum(lengths[i] for i in idx[:used])
             used_branches += used
             runs += 1

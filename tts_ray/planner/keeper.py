@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tts_ray.config import AppConfig
+from tts_ray.eval.stats import percentile
 from tts_ray.planner.calibration import Calibration
 from tts_ray.planner.latency import LatencyModel, PoolLoad
 from tts_ray.planner.planner import Plan, Planner, PlanRequest
@@ -19,7 +20,7 @@ MIN_TOKENS_OBSERVED = 8  # shorter branches say more about queueing than about d
 SPEED_FACTOR_RANGE = (0.2, 5.0)  # one odd request must not wreck the model
 # The learned merge margin: a high quantile of the time requests cut at their generation
 # deadline took from there to their answer, over the most recent ones, within a range.
-MARGIN_QUANTILE = 0.95
+MARGIN_PERCENTILE = 95
 MARGIN_WINDOW = 100
 MARGIN_MIN_OBSERVED = 5
 MAX_MERGE_MARGIN_S = 1.0
@@ -80,11 +81,10 @@ class BudgetKeeper:
     def merge_margin_s(self) -> float:
         """The margin kept before the deadline for stopping branches, merging and answering:
         the configured one, raised to what cut requests have needed lately (their
-        ``MARGIN_QUANTILE``) when adaptive, at most ``MAX_MERGE_MARGIN_S``."""
+        ``MARGIN_PERCENTILE``) when adaptive, at most ``MAX_MERGE_MARGIN_S``."""
         if not self.adaptive_margin or len(self.needed_margins) < MARGIN_MIN_OBSERVED:
             return self.margin_floor_s
-        ranked = sorted(self.needed_margins)
-        needed = ranked[min(len(ranked) - 1, math.ceil(MARGIN_QUANTILE * len(ranked)) - 1)]
+        needed = percentile(self.needed_margins, MARGIN_PERCENTILE)
         return min(max(self.margin_floor_s, needed), max(MAX_MERGE_MARGIN_S, self.margin_floor_s))
 
     def admit(self, request_id: str, request: PlanRequest) -> Plan:

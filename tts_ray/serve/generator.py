@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import time
 import uuid
 from typing import Any
@@ -30,29 +29,21 @@ class GeneratorServer(LLMServer):
         cost more than the decode step itself. At ``deadline_unix_s`` (a ``time.time()``
         instant) the branch stops where it is: the engine request is aborted and the partial
         text comes back with ``finish_reason="deadline"``. A caller that cancels this call
-        aborts the engine request the same way. Without an engine client (another
-        ``LLMServer`` engine) the OpenAI completions path runs it instead.
+        aborts the engine request the same way.
 
         Returns ``{"text", "num_tokens", "finish_reason", "stop_reason", "replica",
         "spec_accepted_tokens", "spec_verify_steps"}``; the last two come from vLLM's
         per-request speculative-decoding metrics (None without speculation or when stopped).
 
         Raises:
-            RuntimeError: the engine answered with an error.
+            RuntimeError: the engine answered with an error, or the replica has no engine.
         """
-        replica = serve.get_replica_context().replica_id.unique_id
-        client = getattr(self.engine, "_engine_client", None)
-        if client is None or not hasattr(client, "generate"):
-            result = await self._generate_branch_openai(request, deadline_unix_s)
-        else:
-            result = await self._generate_branch_engine(client, request, deadline_unix_s)
-        return {**result, "replica": replica}
-
-    async def _generate_branch_engine(self, client: Any, request: Any,
-                                      deadline_unix_s: float | None) -> dict[str, Any]:
         from vllm import SamplingParams, TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
+        client = self._engine_client()
+        if client is None:
+            raise RuntimeError("generator error: the replica's vLLM engine is not running")
         tokenizer = client.get_tokenizer()
         if inspect.isawaitable(tokenizer):  # a coroutine in older vLLM releases
             tokenizer = await tokenizer
@@ -65,114 +56,51 @@ class GeneratorServer(LLMServer):
         request_id = f"branch-{uuid.uuid4().hex}"
         stream = client.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, request_id)
         texts: list[str] = []
-        result = _empty_result()
-
-        def fold(output: Any) -> bool:
-            for completion in output.outputs:
-                texts.append(completion.text)
-                result["num_tokens"] += len(completion.token_ids)
-                if completion.finish_reason is not None:
-                    result["finish_reason"] = completion.finish_reason
-                    result["stop_reason"] = (completion.stop_reason
-                                             if isinstance(completion.stop_reason, str) else None)
-                    metrics = getattr(completion, "spec_decode_metrics", None)
-                    if metrics is not None:
-                        summary = metrics.to_dict()
-                        result["spec_accepted_tokens"] = summary.get("num_accepted_draft_tokens")
-                        result["spec_verify_steps"] = summary.get("num_spec_steps")
-            return output.finished
-
+        result: dict[str, Any] = {"num_tokens": 0, "finish_reason": None, "stop_reason": None,
+                                  "spec_accepted_tokens": None, "spec_verify_steps": None}
         finished = False
         try:
-            finished = await _read_until(stream, deadline_unix_s, fold)
+            while not finished:
+                timeout_s = None if deadline_unix_s is None else deadline_unix_s - time.time()
+                if timeout_s is not None and timeout_s <= 0:
+                    break
+                try:
+                    # On timeout wait_for cancels the pending read, which aborts the engine request.
+                    output = await asyncio.wait_for(stream.__anext__(), timeout_s)
+                except StopAsyncIteration:
+                    finished = True
+                    break
+                except TimeoutError:
+                    break
+                for completion in output.outputs:
+                    texts.append(completion.text)
+                    result["num_tokens"] += len(completion.token_ids)
+                    if completion.finish_reason is not None:
+                        result["finish_reason"] = completion.finish_reason
+                        result["stop_reason"] = (completion.stop_reason
+                                                 if isinstance(completion.stop_reason, str) else None)
+                        metrics = getattr(completion, "spec_decode_metrics", None)
+                        if metrics is not None:
+                            summary = metrics.to_dict()
+                            result["spec_accepted_tokens"] = summary.get("num_accepted_draft_tokens")
+                            result["spec_verify_steps"] = summary.get("num_spec_steps")
+                finished = output.finished
         finally:
             await _close(stream)
             if not finished:
                 await client.abort(request_id)
         if not finished:
             result["finish_reason"] = "deadline"
-        return {**result, "text": "".join(texts)}
-
-    async def _generate_branch_openai(self, request: Any, deadline_unix_s: float | None) -> dict[str, Any]:
-        """``generate_branch`` through ray.serve.llm's OpenAI completions (streamed SSE)."""
-        # Re-validate rather than assign: stream_options must become vLLM's StreamOptions model.
-        request = type(request).model_validate({
-            **request.model_dump(exclude_unset=True), "stream": True,
-            "stream_options": {"include_usage": True, "continuous_usage_stats": True}})
-        stream = (await self.completions(request)).__aiter__()
-        texts: list[str] = []
-        result = _empty_result()
-
-        def fold(item: Any) -> bool:
-            for event in item if isinstance(item, list) else [item]:
-                _apply_event(event, texts, result)
-            return False  # the stream ends by itself
-
-        try:
-            if not await _read_until(stream, deadline_unix_s, fold):
-                result["finish_reason"] = "deadline"
-        finally:
-            await _close(stream)
-        return {**result, "text": "".join(texts)}
+        return {**result, "text": "".join(texts), "replica": serve.get_replica_context().replica_id.unique_id}
 
     async def num_unfinished_requests(self) -> int:
         """Requests the engine holds (waiting or running): 0 once every branch has ended."""
-        client = getattr(self.engine, "_engine_client", None)
+        client = self._engine_client()
         return client.get_num_unfinished_requests() if client is not None else 0
 
-
-def _empty_result() -> dict[str, Any]:
-    return {"num_tokens": 0, "finish_reason": None, "stop_reason": None,
-            "spec_accepted_tokens": None, "spec_verify_steps": None}
-
-
-async def _read_until(stream: Any, deadline_unix_s: float | None, fold) -> bool:
-    """Feed ``stream``'s items to ``fold`` until it ends, ``fold`` returns True (finished), or
-    ``deadline_unix_s`` passes. Returns whether it finished (False: stopped at the deadline)."""
-    while True:
-        timeout_s = None if deadline_unix_s is None else deadline_unix_s - time.time()
-        if timeout_s is not None and timeout_s <= 0:
-            return False
-        try:
-            # On timeout wait_for cancels the pending read, which aborts the engine request.
-            item = await asyncio.wait_for(stream.__anext__(), timeout_s)
-        except StopAsyncIteration:
-            return True
-        except asyncio.TimeoutError:
-            return False
-        if fold(item):
-            return True
-
-
-def _apply_event(event: Any, texts: list[str], result: dict[str, Any]) -> None:
-    """Fold one streamed event (an SSE ``data: {...}`` string or an error object) into the
-    branch's text and summary.
-
-    Raises:
-        RuntimeError: the event is an engine error.
-    """
-    if not isinstance(event, str):
-        message = getattr(getattr(event, "error", None), "message", None) or repr(event)
-        raise RuntimeError(f"generator error: {message}")
-    payload = event.strip().removeprefix("data:").strip()
-    if not payload or payload == "[DONE]":
-        return
-    data = json.loads(payload)
-    if "error" in data and "choices" not in data:
-        raise RuntimeError(f"generator error: {data['error']}")
-    for choice in data.get("choices") or []:
-        texts.append(choice.get("text") or "")
-        if choice.get("finish_reason"):
-            result["finish_reason"] = choice["finish_reason"]
-        if isinstance(choice.get("stop_reason"), str):
-            result["stop_reason"] = choice["stop_reason"]
-    usage = data.get("usage")
-    if usage:
-        result["num_tokens"] = usage.get("completion_tokens", result["num_tokens"])
-    spec = (data.get("metrics") or {}).get("speculative_decoding")
-    if spec:
-        result["spec_accepted_tokens"] = spec.get("num_accepted_draft_tokens")
-        result["spec_verify_steps"] = spec.get("num_spec_steps")
+    def _engine_client(self) -> Any:
+        """ray.serve.llm's vLLM ``AsyncLLM`` inside this replica (None before it starts)."""
+        return getattr(self.engine, "_engine_client", None)
 
 
 async def _close(stream: Any) -> None:
