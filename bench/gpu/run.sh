@@ -7,6 +7,7 @@
 #   bash bench/gpu/run.sh wait SECONDS     follow the daemon until it ends or SECONDS pass; copy
 #                                          results and logs to $OUT
 #   bash bench/gpu/run.sh STEP...          run steps in the foreground
+#   bash bench/gpu/run.sh stash            move the carried pieces (.gpu/stage/pNNN, .gpu/extra2) to ~/stash
 #
 # Steps (each leaves ~/gpu/state/STEP.ok or .fail and ~/gpu/logs/STEP.log):
 #   install_a        vLLM 0.26.0 and its needs into ~/gpu/site_a (needs set A's pieces)
@@ -15,18 +16,25 @@
 #   profile_testbed  tts-ray profile, deployments/testbed-gpu.yaml, the same grid
 #   install_b        Ray 2.60.0 and the rest into ~/gpu/site_b (waits for set B's pieces)
 #   steps_3b         step time at B = 1/4/16/64: plain vLLM, then through the service
-#   bench_testbed    tts-ray bench on the testbed through the service (planner on the GPU profile)
+#   bench_testbed    tts-ray bench on the testbed through the service (planner on the GPU profile:
+#                    this machine's if measured, else the committed bench/results/gpu one, else
+#                    the CPU one); TTS_GPU_NUM_GPUS=1 gives every engine a whole GPU (vLLM 0.26's
+#                    Ray executor takes one per engine whatever the share: 3 GPUs for the testbed)
 # Results: ~/gpu/results (profile-*.json, steps-*.json, bench-testbed/), named with the GPU.
 set -uo pipefail
 G=${TTS_GPU_HOME:-$HOME/gpu}
 R=$G/results
 mkdir -p "$G/state" "$G/logs" "$R" "$HOME/stash"
-export PYTHONPATH=$G/site_b:$G/site_a:$G/repo
+# site_c: wheels that must win over sets A and B (FastAPI 0.136.3: under set A's 0.165.0 the
+# router's `request: Request` parameters are read as a query field, every request 422)
+export PYTHONPATH=$G/site_c:$G/site_b:$G/site_a:$G/repo
 export VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 \
   DO_NOT_TRACK=1 RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # keep NVLink multicast off wherever a program starts (the device notes ask for it)
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-PY=python3
+# the machines' MemTotal starts small and grows with use: Ray's memory monitor would kill workers
+export RAY_memory_monitor_refresh_ms=0
+PY=${TTS_GPU_PY:-python3}
 CONCURRENCY=${TTS_GPU_CONCURRENCY:-1,2,4,8,16,32,64,128,256}
 BENCH_LIMIT=${TTS_GPU_BENCH_LIMIT:-50}
 MODELS=/tmp/tts-ray-models
@@ -100,6 +108,11 @@ step_install_b() {
   done
   install_set B || return 1
   $PY bench/gpu/vllm_compat.py "$G/site_a" || return 1
+  if ls "$HOME"/stash/fastapi-*.whl >/dev/null 2>&1; then
+    rm -rf "$G/site_c"
+    (cd "$HOME/stash" && $PY -m pip install -q --no-index --no-deps --no-compile --target "$G/site_c" fastapi-*.whl)
+  fi
+  $PY -c "import fastapi; print('fastapi', fastapi.__version__)"
   $PY -c "import ray, ray.serve.llm, math_verify; print('ray', ray.__version__)"
 }
 
@@ -113,12 +126,16 @@ step_steps_3b() {
 }
 
 step_bench_testbed() {
-  local s profile; s=$(slug)
-  profile="$R/profile-testbed-$s.json"
+  local s profile num_gpus=(); s=$(slug)
+  profile="$R/profile-testbed-$s.json"                                   # measured on this machine
+  [ -f "$profile" ] || profile=$(ls "$PWD"/bench/results/gpu/profile-testbed-*.json 2>/dev/null | head -1)
   [ -f "$profile" ] || profile=testbed:profile-cpu
+  echo "planner profile: $profile"
+  [ -n "${TTS_GPU_NUM_GPUS:-}" ] && num_gpus=(--num-gpus "$TTS_GPU_NUM_GPUS")
   $PY -m tts_ray.eval.gpu override --config deployments/testbed-gpu.yaml --out "$G/configs/testbed-bench.yaml" \
-    --accelerator-type "$(accel)" --profile-source "$profile" &&
-  timeout 2400 $PY -m tts_ray.cli bench --config "$G/configs/testbed-bench.yaml" --out-dir "$R/bench-testbed" \
+    --accelerator-type "$(accel)" --profile-source "$profile" "${num_gpus[@]}" &&
+  cat "$G/configs/testbed-bench.yaml" &&
+  timeout 2400 $PY -m tts_ray.cli bench --config "$G/configs/testbed-bench.yaml" --out-dir "$R/bench-testbed-$s" \
     --limit "$BENCH_LIMIT" --branches 1,4,16 --no-progress
 }
 
@@ -145,9 +162,10 @@ run_steps() {
 copy_repo() {  # the daemon runs from its own copy: the next call replaces the working tree
   mkdir -p "$G/repo"
   tar --exclude=./.gpu --exclude=./.git -cf - . | tar -xf - -C "$G/repo"
-  # the source to measure, if one was staged (a commit plus this issue's files, without work in
-  # progress that the checkout may hold): bench/gpu/stage.sh leaves it as src.tar in the first piece
-  if [ -f "$HOME/stash/src.tar" ]; then tar -xf "$HOME/stash/src.tar" -C "$G/repo" && cat "$G/repo/GPU_SOURCE"; fi
+  # the source to measure, if one was staged and asked for (TTS_GPU_SRC_TAR=1: a commit plus this
+  # issue's files, without work in progress that the checkout may hold; the first pass left it as
+  # src.tar in the first piece): otherwise the checkout as it travelled
+  if [ "${TTS_GPU_SRC_TAR:-0}" = 1 ] && [ -f "$HOME/stash/src.tar" ]; then tar -xf "$HOME/stash/src.tar" -C "$G/repo" && cat "$G/repo/GPU_SOURCE"; fi
 }
 
 collect() {
@@ -157,6 +175,11 @@ collect() {
 }
 
 case ${1:-} in
+  stash)
+    for d in .gpu/extra2 .gpu/stage/p[0-9]*; do [ -d "$d" ] && mv "$d"/* "$HOME/stash/" 2>/dev/null; done
+    [ "${TTS_GPU_SRC_TAR:-0}" = 1 ] || rm -f "$HOME/stash/src.tar"
+    ls -l "$HOME/stash" | tail -n +2 | awk '{print $5, $9}' | tr '\n' ' '; echo
+    ;;
   daemon)
     shift
     copy_repo
@@ -174,7 +197,7 @@ case ${1:-} in
     [ -f "$G/state/daemon.done" ] && echo "DAEMON DONE" || echo "daemon still running"
     collect
     ;;
-  ""|-h|--help) sed -n 2,22p "$0" ;;
+  ""|-h|--help) sed -n "2,/^set -uo/p" "$0" | sed '$d' ;;
   *)
     [ -d "$G/repo" ] || copy_repo
     run_steps "$@"

@@ -265,20 +265,23 @@ def gpu_slug(name: str) -> str:
 
 
 def with_overrides(config_path: Path, out: Path, accelerator_type: str | None = None,
-                   profile_source: str | None = None) -> Path:
+                   profile_source: str | None = None, num_gpus: float | None = None) -> Path:
     """A copy of a Serve config with every ``accelerator_type`` set to the GPU found (the files
-    say H100; an H200 gives another Ray accelerator resource) and/or the router's
-    ``profile_source`` replaced."""
+    say H100; an H200 gives another Ray accelerator resource), and/or every GPU engine's
+    ``num_gpus`` share set to ``num_gpus`` (1: one whole GPU per engine, for vLLM 0.26, whose Ray
+    executor ignores a fractional share), and/or the router's ``profile_source`` replaced."""
     import yaml
 
     data = yaml.safe_load(config_path.read_text())
     args = data["applications"][0]["args"]
-    if accelerator_type:
-        for pool in args["generators"]:
-            if pool.get("accelerator_type"):
-                pool["accelerator_type"] = accelerator_type
-        if args.get("reward") and args["reward"].get("accelerator_type"):
-            args["reward"]["accelerator_type"] = accelerator_type
+    engines = [*args["generators"], *([args["reward"]] if args.get("reward") else [])]
+    for engine in engines:
+        if not engine.get("accelerator_type"):
+            continue  # a CPU engine: no GPU type, no GPU share
+        if accelerator_type:
+            engine["accelerator_type"] = accelerator_type
+        if num_gpus is not None:
+            engine["num_gpus"] = num_gpus
     if profile_source:
         args.setdefault("router", {})["profile_source"] = profile_source
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -303,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--accelerator-type", default=None)
     p.add_argument("--profile-source", default=None)
+    p.add_argument("--num-gpus", type=float, default=None,
+                   help="GPU share of every GPU engine (1: a whole GPU each)")
     p = verbs.add_parser("slug", help="print the file-name form of this machine's GPU name")
     args = parser.parse_args(argv)
     if args.verb == "models":
@@ -316,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: document.get(k) for k in ("device", "service_step_ratio", "plain_step_ratio",
                                                        "router_overhead_b1")}, indent=2))
     elif args.verb == "override":
-        print(with_overrides(args.config, args.out, args.accelerator_type, args.profile_source))
+        print(with_overrides(args.config, args.out, args.accelerator_type, args.profile_source, args.num_gpus))
     elif args.verb == "slug":
         from tts_ray.planner.profiler import device_name
 
