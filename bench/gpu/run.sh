@@ -176,7 +176,8 @@ collect() {
 
 case ${1:-} in
   stash)
-    for d in .gpu/extra2 .gpu/stage/p[0-9]*; do [ -d "$d" ] && mv "$d"/* "$HOME/stash/" 2>/dev/null; done
+    # extra2 last: the src.tar it may hold replaces the first pass's, left in p000
+    for d in .gpu/stage/p[0-9]* .gpu/extra2; do [ -d "$d" ] && mv "$d"/* "$HOME/stash/" 2>/dev/null; done
     [ "${TTS_GPU_SRC_TAR:-0}" = 1 ] || rm -f "$HOME/stash/src.tar"
     ls -l "$HOME/stash" | tail -n +2 | awk '{print $5, $9}' | tr '\n' ' '; echo
     ;;
