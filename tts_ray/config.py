@@ -135,6 +135,13 @@ class GeneratorPoolConfig(_Strict):
                           "tensor-parallel rank): STRICT_PACK keeps them on one node (one pod on "
                           "Kubernetes), so tensor parallelism stays on NVLink; None keeps "
                           "ray.serve.llm's default (PACK: one node if it fits, else spread).")
+    compute_group: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Pools naming the same group share one device (the node's CPU cores, or one GPU "
+                    "split with num_gpus below 1): while several of them decode, each gets its "
+                    "share of the device, so the planner multiplies a pool's profiled seconds per "
+                    "token by the number of the group's pools with branches in flight. None: the "
+                    "pool's replicas have devices of their own.")
     max_model_len: int = Field(MAX_MODEL_LEN, ge=16, description="Context length of the engine.")
     gpu_memory_utilization: float = Field(CPU_GPU_MEMORY_UTILIZATION, gt=0, le=1,
                                           description="vLLM memory share (KV cache size on GPU).")

@@ -145,6 +145,74 @@ def test_keeper_learns_the_live_speed_and_the_prediction_error():
     assert slower.predicted_parts_s["decode"] == pytest.approx(100 * 0.01 * 1.5)
 
 
+def _shared_keeper(group: str | None = "node"):
+    """Two one-replica pools of one model, k=0, both profiled at 0.01 s per token, flat."""
+    config = AppConfig.model_validate({"generators": [
+        {"name": name, "model_id": "m", "model_source": "x", "max_ongoing_requests": 16,
+         "compute_group": group} for name in ("a", "b")]})
+    curve = SpeedCurve(num_speculative_tokens=0, concurrency=[1, 64], seconds_per_token=[0.01, 0.01])
+    prof = ClusterProfile(device="x", pools={name: PoolProfile(model_id="m", curves=[curve]) for name in "ab"})
+    return BudgetKeeper(config, prof, None, ewma_alpha=0.5)
+
+
+def test_pools_sharing_a_device_slow_each_other_down():
+    keeper = _shared_keeper()
+    request = PlanRequest(budget_s=100, max_tokens=100, method="majority", branches=2)
+    first = keeper.admit("r1", request)
+    assert first.predicted_parts_s["decode"] == pytest.approx(100 * 0.01)  # alone on the device
+    status = keeper.status()["pools"]
+    other = "b" if first.pool == "a" else "a"
+    assert status[other]["contention"] == 2 and status[first.pool]["contention"] == 1
+    # The busy pool decodes alone; the idle one would share the device: the planner stays.
+    second = keeper.admit("r2", request)
+    assert second.pool == first.pool
+    assert second.predicted_parts_s["decode"] == pytest.approx(100 * 0.01)
+    keeper.release("r1")
+    keeper.release("r2")
+    assert keeper.status()["pools"][other]["contention"] == 1
+
+
+def test_contention_doubles_the_prediction_and_is_divided_out_of_the_speed_factor():
+    keeper = _shared_keeper()
+    keeper.admit("busy", PlanRequest(budget_s=100, max_tokens=100, method="majority", branches=4))
+    idle = "b" if keeper.admitted["busy"].pool == "a" else "a"
+    # Only the idle pool speculates 4 tokens (in the ledger): asking for k=4 sends the request there.
+    keeper.loads[idle].num_speculative_tokens = 4
+    keeper.latency.profile.pools[idle].curves[0].num_speculative_tokens = 4
+    plan = keeper.admit("r", PlanRequest(budget_s=100, max_tokens=100, method="majority", branches=1,
+                                         num_speculative_tokens=4))
+    assert plan.pool == idle
+    assert plan.predicted_parts_s["decode"] == pytest.approx(100 * 0.01 * 2)
+    # 100 tokens in 2 s while sharing the device: exactly the profile at half speed, so the
+    # live factor stays 1 (without the contention term it would have learned 2).
+    keeper.release("r", [BranchObservation(num_tokens=100, elapsed_s=2.0)])
+    assert keeper.status()["pools"][idle]["speed_factor"] == pytest.approx(1.0)
+    # Once the busy pool is free, the same observation means a slower device than profiled.
+    keeper.release("busy")
+    keeper.admit("r2", PlanRequest(budget_s=100, max_tokens=100, method="majority", branches=1,
+                                   num_speculative_tokens=4))
+    keeper.release("r2", [BranchObservation(num_tokens=100, elapsed_s=2.0)])
+    assert keeper.status()["pools"][idle]["speed_factor"] == pytest.approx(1.5)  # EWMA towards 2
+
+
+def test_pools_without_a_compute_group_do_not_interact():
+    keeper = _shared_keeper(group=None)
+    keeper.admit("r1", PlanRequest(budget_s=100, max_tokens=100, method="majority", branches=2))
+    assert all(p["contention"] == 1 for p in keeper.status()["pools"].values())
+
+
+def test_keeper_reports_the_prediction_error_per_pool():
+    keeper = _shared_keeper()
+    plan = keeper.admit("r", PlanRequest(budget_s=100, max_tokens=100, method="majority", branches=1))
+    keeper.release("r", predicted_s=1.0, actual_s=1.5)
+    status = keeper.status()
+    assert status["pools"][plan.pool]["prediction_error"] == {"requests": 1, "median_abs": 0.5,
+                                                              "mean_signed": 0.5}
+    other = "b" if plan.pool == "a" else "a"
+    assert status["pools"][other]["prediction_error"]["requests"] == 0
+    assert status["prediction_error"]["requests"] == 1
+
+
 def test_keeper_learns_the_merge_margin_from_requests_cut_at_their_deadline():
     keeper = _keeper()
     floor = keeper.config.router.merge_margin_s

@@ -36,6 +36,9 @@ def _run(problems: Sequence[Problem], url: str, concurrency: int, label: str, **
     results, wall_s = asyncio.run(evaluate(problems, url, request, concurrency=concurrency, progress=False,
                                            desc=label))
     ok = [r for r in results if r.status == 200]
+    # The latency model's error on this row, as the client saw it: (latency - predicted) / predicted.
+    errors = [(r.latency_s - r.plan["predicted_s"]) / r.plan["predicted_s"]
+              for r in ok if r.plan and r.plan.get("predicted_s")]
     row = {
         "label": label, **tts,
         "accuracy": sum(r.correct for r in results) / len(results),
@@ -48,6 +51,8 @@ def _run(problems: Sequence[Problem], url: str, concurrency: int, label: str, **
         "wall_s": wall_s,
         # what the planner chose (pool, B) and how often: explains an auto row's accuracy
         "plans": dict(Counter(f"{r.plan['pool']}:B={r.plan['num_branches']}" for r in ok if r.plan)),
+        "prediction_error_median_abs": percentile([abs(e) for e in errors], 50),
+        "prediction_error_mean_signed": sum(errors) / len(errors) if errors else None,
         "latencies_s": [round(r.latency_s, 4) for r in results],
     }
     print(f"{label:>28}: acc {row['accuracy']:.3f}  p50 {row['latency_p50_s']:.2f}s  "

@@ -25,6 +25,7 @@ MARGIN_WINDOW = 100
 MARGIN_MIN_OBSERVED = 5
 MAX_MERGE_MARGIN_S = 1.0
 RECENT_REQUESTS_ALPHA = 0.2  # weight of each admission in the recent-requests average
+ERROR_WINDOW = 200  # recent requests the reported prediction error covers
 
 
 @dataclass
@@ -43,6 +44,7 @@ class _Admitted:
     branches: int
     concurrency: int
     admitted_at: float
+    contention: int = 1  # engines sharing the pool's device when it was admitted
 
 
 class BudgetKeeper:
@@ -68,11 +70,13 @@ class BudgetKeeper:
             self.loads[pool.name] = PoolLoad(
                 model_id=pool.model_id,
                 num_speculative_tokens=pool.speculative.num_speculative_tokens if pool.speculative else 0,
-                replicas=max(1, replicas), slots_per_replica=pool.max_ongoing_requests)
+                replicas=max(1, replicas), slots_per_replica=pool.max_ongoing_requests,
+                compute_group=pool.compute_group)
         self.tokens_per_step: dict[str, float | None] = dict.fromkeys(self.loads)
         self.admitted: dict[str, _Admitted] = {}
         self.counts = {"admitted": 0, "rejected": 0, "released": 0}
         self.errors: list[float] = []  # (actual - predicted) / predicted of recent requests
+        self.errors_by_pool: dict[str, list[float]] = {name: [] for name in self.loads}
         self.margin_floor_s = config.router.merge_margin_s
         self.adaptive_margin = config.router.adaptive_merge_margin
         self.needed_margins: list[float] = []  # generation deadline -> answer, of cut requests
@@ -102,6 +106,7 @@ class BudgetKeeper:
         margin_s = self.merge_margin_s()
         if self.latency is not None:
             self.latency.merge_margin_s = margin_s  # predictions include the margin in force
+        self._refresh_contention()
         try:
             plan = self.planner.plan(request, self.loads)
         except Exception:
@@ -111,7 +116,9 @@ class BudgetKeeper:
         load.inflight_branches += plan.num_branches
         load.active_requests += 1
         concurrency = math.ceil(load.inflight_branches / load.replicas)
-        self.admitted[request_id] = _Admitted(plan.pool, plan.num_branches, concurrency, time.monotonic())
+        self.admitted[request_id] = _Admitted(plan.pool, plan.num_branches, concurrency, time.monotonic(),
+                                              contention=load.contention)
+        self._refresh_contention()  # the chosen pool is busy now: its group's other pools slow down
         self.counts["admitted"] += 1
         plan.merge_margin_s = margin_s
         return plan
@@ -128,15 +135,29 @@ class BudgetKeeper:
         if needed_margin_s is not None and needed_margin_s >= 0:
             self.needed_margins = (self.needed_margins + [needed_margin_s])[-MARGIN_WINDOW:]
         load = self.loads[entry.pool]
+        # The branches ran under the contention seen at admission and at release (between
+        # them is unknown): the mean is what their speed is compared with.
+        self._refresh_contention()
+        contention = (entry.contention + load.contention) / 2
         load.inflight_branches = max(0, load.inflight_branches - entry.branches)
         load.active_requests = max(0, load.active_requests - 1)
+        self._refresh_contention()
         self.counts["released"] += 1
         if predicted_s and actual_s is not None:
-            self.errors = (self.errors + [(actual_s - predicted_s) / predicted_s])[-200:]
+            error = (actual_s - predicted_s) / predicted_s
+            self.errors = (self.errors + [error])[-ERROR_WINDOW:]
+            self.errors_by_pool[entry.pool] = (self.errors_by_pool[entry.pool] + [error])[-ERROR_WINDOW:]
         for obs in observations or []:
-            self._observe(entry, obs)
+            self._observe(entry, obs, contention)
 
-    def _observe(self, entry: _Admitted, obs: BranchObservation) -> None:
+    def _refresh_contention(self) -> None:
+        """Count, for every pool, the other pools of its compute group with branches in flight."""
+        for name, load in self.loads.items():
+            load.co_busy = 0 if load.compute_group is None else sum(
+                1 for other, o in self.loads.items()
+                if other != name and o.compute_group == load.compute_group and o.inflight_branches > 0)
+
+    def _observe(self, entry: _Admitted, obs: BranchObservation, contention: float = 1.0) -> None:
         load = self.loads[entry.pool]
         if obs.spec_verify_steps:
             tps = (obs.spec_verify_steps + (obs.spec_accepted_tokens or 0)) / obs.spec_verify_steps
@@ -145,8 +166,10 @@ class BudgetKeeper:
         if self.latency is None or not self.latency.knows(entry.pool) or obs.num_tokens < MIN_TOKENS_OBSERVED:
             return
         curve = self.latency.profile.pools[entry.pool].curve(load.num_speculative_tokens)
-        predicted_spt = curve.seconds_per_token_at(entry.concurrency)
-        observed_spt = max(obs.elapsed_s - curve.prefill_s, 1e-6) / obs.num_tokens
+        # The speed factor is what contention does not explain: compare with the profile at the
+        # concurrency and the device share the branch had.
+        predicted_spt = curve.seconds_per_token_at(entry.concurrency) * contention
+        observed_spt = max(obs.elapsed_s - curve.prefill_s * contention, 1e-6) / obs.num_tokens
         ratio = min(max(observed_spt / predicted_spt, SPEED_FACTOR_RANGE[0]), SPEED_FACTOR_RANGE[1])
         load.speed_factor += self.ewma_alpha * (ratio - load.speed_factor)
 
@@ -157,13 +180,14 @@ class BudgetKeeper:
 
     def status(self) -> dict[str, Any]:
         """In-flight branches, live speed factors and the latency model's recent error."""
-        errors = sorted(abs(e) for e in self.errors)
         return {
             "pools": {name: {"model_id": l.model_id, "num_speculative_tokens": l.num_speculative_tokens,
                              "replicas": l.replicas, "slots": l.slots_per_replica * l.replicas,
                              "inflight_branches": l.inflight_branches, "active_requests": l.active_requests,
                              "speed_factor": round(l.speed_factor, 4),
-                             "tokens_per_step": self.tokens_per_step[name]}
+                             "compute_group": l.compute_group, "contention": l.contention,
+                             "tokens_per_step": self.tokens_per_step[name],
+                             "prediction_error": _error_summary(self.errors_by_pool[name])}
                       for name, l in self.loads.items()},
             "profiled": self.latency is not None,
             "calibrated": bool(self.latency and self.latency.calibration),
@@ -172,7 +196,13 @@ class BudgetKeeper:
             "early_stop_rule": {"window": self.config.router.early_stop_window,
                                 "confidence": self.config.router.early_stop_confidence,
                                 "criterion": self.config.router.early_stop_criterion},
-            "prediction_error": {"requests": len(errors),
-                                 "median_abs": errors[len(errors) // 2] if errors else None,
-                                 "mean_signed": sum(self.errors) / len(self.errors) if errors else None},
+            "prediction_error": _error_summary(self.errors),
         }
+
+
+def _error_summary(errors: list[float]) -> dict[str, Any]:
+    """Relative errors (actual - predicted) / predicted: count, median |error|, mean error."""
+    ordered = sorted(abs(e) for e in errors)
+    return {"requests": len(errors),
+            "median_abs": ordered[len(ordered) // 2] if ordered else None,
+            "mean_signed": sum(errors) / len(errors) if errors else None}

@@ -25,6 +25,14 @@ class PoolLoad:
     active_requests: int = 0
     recent_requests: float = 0.0  # EWMA of the requests in flight at recent admissions
     speed_factor: float = 1.0  # observed / profiled seconds per token (EWMA of live requests)
+    compute_group: str | None = None  # pools of one group share a device (config.compute_group)
+    co_busy: int = 0  # other pools of the group with branches in flight (set by the keeper)
+
+    @property
+    def contention(self) -> int:
+        """How many engines share this pool's device while it decodes: its own and the busy
+        ones of its compute group (each gets about that share of the device)."""
+        return 1 + self.co_busy
 
 
 @dataclass
@@ -36,6 +44,7 @@ class Prediction:
     concurrency_per_replica: int = 1
     expected_tokens: float = 0.0
     seconds_per_token: float = 0.0  # per branch, at that concurrency, live correction included
+    contention: int = 1  # engines sharing the device (see PoolLoad.contention)
 
     def tokens_by(self, budget_s: float) -> float:
         """Decode tokens one branch gets before generation must stop to meet ``budget_s``
@@ -48,7 +57,11 @@ class Prediction:
 
 class LatencyModel:
     """``predict`` = prefill + E[longest branch] x seconds-per-token(concurrency per replica)
-    x live speed factor + reward scoring + merge margin.
+    x contention x live speed factor + reward scoring + merge margin.
+
+    Contention is the number of engines decoding on the pool's device: pools of one compute
+    group (e.g. two pools on one node's CPU cores) time-share it, and the profile measured each
+    engine alone.
 
     Concurrency per replica counts the branches already in flight on the pool plus the new
     ones, spread evenly (Serve balances branches over replicas). Without a calibration the
@@ -79,9 +92,9 @@ class LatencyModel:
         curve = self.profile.pools[pool].curve(load.num_speculative_tokens)
         concurrency = math.ceil((load.inflight_branches + branches) / max(1, load.replicas))
         tokens = self.expected_tokens(load.model_id, branches, max_tokens)
-        seconds_per_token = curve.seconds_per_token_at(concurrency) * load.speed_factor
+        seconds_per_token = curve.seconds_per_token_at(concurrency) * load.contention * load.speed_factor
         decode_s = tokens * seconds_per_token
-        parts = {"prefill": curve.prefill_s, "decode": decode_s, "merge": self.merge_margin_s}
+        parts = {"prefill": curve.prefill_s * load.contention, "decode": decode_s, "merge": self.merge_margin_s}
         if method in SCORED and self.profile.scoring is not None:
             calls = self.max_search_steps if method in SEARCH else 1
             parts["score"] = calls * self.profile.scoring.seconds(branches)
@@ -89,4 +102,4 @@ class LatencyModel:
             parts["prefill"] *= self.max_search_steps
         return Prediction(total_s=sum(parts.values()), parts_s=parts,
                           concurrency_per_replica=concurrency, expected_tokens=tokens,
-                          seconds_per_token=seconds_per_token)
+                          seconds_per_token=seconds_per_token, contention=load.contention)
