@@ -7,7 +7,7 @@ from tts_ray.config import AppConfig
 from tts_ray.planner.calibration import ModelCalibration, accuracy_curves
 from tts_ray.planner.early_stop import EarlyStopRule, prob_final_vote_unchanged, prob_leader_ahead, simulate
 from tts_ray.planner.keeper import BranchObservation, BudgetKeeper
-from tts_ray.planner.planner import PlanRequest
+from tts_ray.planner.planner import Infeasible, PlanRequest
 from tts_ray.planner.profile import ClusterProfile, PoolProfile, SpeedCurve
 
 
@@ -109,13 +109,23 @@ def test_simulate_early_stopping_on_recorded_samples():
         simulate([easy], EarlyStopRule(), branches=32)
 
 
-def _keeper(profile=True):
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _keeper(profile=True, clock=None):
     config = AppConfig.model_validate({"generators": [
         {"name": "a", "model_id": "m", "model_source": "x", "num_replicas": 2, "max_ongoing_requests": 8}]})
     prof = ClusterProfile(device="x", pools={"a": PoolProfile(model_id="m", curves=[
         SpeedCurve(num_speculative_tokens=0, concurrency=[1, 64], seconds_per_token=[0.01, 0.01],
                    prefill_s=0.0)])}) if profile else None
-    return BudgetKeeper(config, prof, None, ewma_alpha=0.5)
+    return BudgetKeeper(config, prof, None, ewma_alpha=0.5, clock=clock or FakeClock())
 
 
 def test_keeper_reserves_and_releases_branches():
@@ -152,7 +162,7 @@ def _shared_keeper(group: str | None = "node"):
          "compute_group": group} for name in ("a", "b")]})
     curve = SpeedCurve(num_speculative_tokens=0, concurrency=[1, 64], seconds_per_token=[0.01, 0.01])
     prof = ClusterProfile(device="x", pools={name: PoolProfile(model_id="m", curves=[curve]) for name in "ab"})
-    return BudgetKeeper(config, prof, None, ewma_alpha=0.5)
+    return BudgetKeeper(config, prof, None, ewma_alpha=0.5, clock=FakeClock())
 
 
 def test_pools_sharing_a_device_slow_each_other_down():
@@ -224,10 +234,39 @@ def test_keeper_learns_the_merge_margin_from_requests_cut_at_their_deadline():
     assert keeper.merge_margin_s() == pytest.approx(0.475)
     plan = keeper.admit("p", PlanRequest(budget_s=10, max_tokens=100, method="majority", branches=1))
     assert plan.merge_margin_s == pytest.approx(0.475)
-    assert plan.predicted_parts_s["merge"] == pytest.approx(0.475)
+    # The predicted latency keeps the configured merge time (what an uncut request waits);
+    # the learned margin is kept free before the deadline: a plan must fit with it.
+    assert plan.predicted_parts_s["merge"] == pytest.approx(floor)
+    assert plan.predicted_s == pytest.approx(100 * 0.01 + floor)
+    with pytest.raises(Infeasible):
+        keeper.admit("q", PlanRequest(budget_s=1.3, max_tokens=100, method="majority", branches=1))
     assert keeper.status()["merge_margin_s"] == pytest.approx(0.475)
     keeper.release("p", needed_margin_s=30.0)  # an outlier is capped
     assert keeper.merge_margin_s() == pytest.approx(1.0)
+
+
+def test_learned_corrections_fade_when_nothing_refreshes_them():
+    clock = FakeClock()
+    keeper = _keeper(clock=clock)
+    for i in range(6):
+        keeper.admit(f"r{i}", PlanRequest(budget_s=10, max_tokens=100, method="majority", branches=1))
+        # 100 tokens in 3 s: three times the profiled time
+        keeper.release(f"r{i}", [BranchObservation(num_tokens=100, elapsed_s=3.0)], needed_margin_s=0.8)
+    assert keeper.merge_margin_s() == pytest.approx(0.8)
+    slow = keeper.status()["pools"]["a"]["speed_factor"]
+    assert slow > 2.9
+    # A budget of 2 s is out of reach now (3 s of decoding predicted)...
+    with pytest.raises(Infeasible):
+        keeper.admit("x", PlanRequest(budget_s=2, max_tokens=100, method="majority", branches=1))
+    # ...and stays so for a moment, but not for ever: after one half-life the factor is half
+    # way back to the profile, and a minute after the last cut request the margin is the floor.
+    clock.now += 10
+    keeper.admit("y", PlanRequest(budget_s=60, max_tokens=100, method="majority", branches=1))
+    assert keeper.status()["pools"]["a"]["speed_factor"] == pytest.approx(1 + (slow - 1) / 2)
+    clock.now += 51
+    assert keeper.merge_margin_s() == keeper.config.router.merge_margin_s
+    plan = keeper.admit("z", PlanRequest(budget_s=2, max_tokens=100, method="majority", branches=1))
+    assert plan.predicted_s < 2
 
 
 def test_keeper_margin_stays_fixed_when_not_adaptive():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,11 @@ SPEED_FACTOR_RANGE = (0.2, 5.0)  # one odd request must not wreck the model
 # deadline took from there to their answer, over the most recent ones, within a range.
 MARGIN_PERCENTILE = 95
 MARGIN_WINDOW = 100
+# Corrections fade when nothing refreshes them: a margin or a slow speed learned in a bad
+# moment (start-up compilation, a burst) would otherwise reject every request, so no request
+# would ever show that the moment has passed.
+MARGIN_MAX_AGE_S = 60.0
+SPEED_FACTOR_HALF_LIFE_S = 10.0  # without observations the speed factor halves its distance to 1
 MARGIN_MIN_OBSERVED = 5
 MAX_MERGE_MARGIN_S = 1.0
 RECENT_REQUESTS_ALPHA = 0.2  # weight of each admission in the recent-requests average
@@ -55,11 +61,13 @@ class BudgetKeeper:
         profile: measured speed profile, or None (no predictions: defaults, no 429).
         calibration: measured accuracy per (method, B), or None (larger B preferred).
         ewma_alpha: weight of each new observation in the live speed factor.
+        clock: seconds, monotonic (tests pass their own).
     """
 
     def __init__(self, config: AppConfig, profile: ClusterProfile | None = None,
-                 calibration: Calibration | None = None, ewma_alpha: float = 0.2) -> None:
-        self.config, self.ewma_alpha = config, ewma_alpha
+                 calibration: Calibration | None = None, ewma_alpha: float = 0.2,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config, self.ewma_alpha, self.clock = config, ewma_alpha, clock
         self.latency = (LatencyModel(profile, calibration, merge_margin_s=config.router.merge_margin_s,
                                      max_search_steps=config.router.max_search_steps)
                         if profile is not None else None)
@@ -79,16 +87,19 @@ class BudgetKeeper:
         self.errors_by_pool: dict[str, list[float]] = {name: [] for name in self.loads}
         self.margin_floor_s = config.router.merge_margin_s
         self.adaptive_margin = config.router.adaptive_merge_margin
-        self.needed_margins: list[float] = []  # generation deadline -> answer, of cut requests
+        self.needed_margins: list[tuple[float, float]] = []  # (when, generation deadline -> answer) of cut requests
+        self.speed_updated_at = dict.fromkeys(self.loads, self.clock())
         self.recent_requests = 0.0  # EWMA of the requests in flight (all pools) at admissions
 
     def merge_margin_s(self) -> float:
         """The margin kept before the deadline for stopping branches, merging and answering:
         the configured one, raised to what cut requests have needed lately (their
-        ``MARGIN_PERCENTILE``) when adaptive, at most ``MAX_MERGE_MARGIN_S``."""
-        if not self.adaptive_margin or len(self.needed_margins) < MARGIN_MIN_OBSERVED:
+        ``MARGIN_PERCENTILE``, over the last ``MARGIN_MAX_AGE_S``) when adaptive, at most
+        ``MAX_MERGE_MARGIN_S``."""
+        recent = [m for at, m in self.needed_margins if self.clock() - at <= MARGIN_MAX_AGE_S]
+        if not self.adaptive_margin or len(recent) < MARGIN_MIN_OBSERVED:
             return self.margin_floor_s
-        needed = percentile(self.needed_margins, MARGIN_PERCENTILE)
+        needed = percentile(recent, MARGIN_PERCENTILE)
         return min(max(self.margin_floor_s, needed), max(MAX_MERGE_MARGIN_S, self.margin_floor_s))
 
     def admit(self, request_id: str, request: PlanRequest) -> Plan:
@@ -105,8 +116,10 @@ class BudgetKeeper:
             load.recent_requests = self.recent_requests
         margin_s = self.merge_margin_s()
         if self.latency is not None:
-            self.latency.merge_margin_s = margin_s  # predictions include the margin in force
+            # plans keep the margin in force free before the deadline
+            self.latency.deadline_reserve_s = margin_s - self.margin_floor_s
         self._refresh_contention()
+        self._fade_speed_factors()
         try:
             plan = self.planner.plan(request, self.loads)
         except Exception:
@@ -116,7 +129,7 @@ class BudgetKeeper:
         load.inflight_branches += plan.num_branches
         load.active_requests += 1
         concurrency = math.ceil(load.inflight_branches / load.replicas)
-        self.admitted[request_id] = _Admitted(plan.pool, plan.num_branches, concurrency, time.monotonic(),
+        self.admitted[request_id] = _Admitted(plan.pool, plan.num_branches, concurrency, self.clock(),
                                               contention=load.contention)
         self._refresh_contention()  # the chosen pool is busy now: its group's other pools slow down
         self.counts["admitted"] += 1
@@ -133,7 +146,7 @@ class BudgetKeeper:
         if entry is None:
             return
         if needed_margin_s is not None and needed_margin_s >= 0:
-            self.needed_margins = (self.needed_margins + [needed_margin_s])[-MARGIN_WINDOW:]
+            self.needed_margins = (self.needed_margins + [(self.clock(), needed_margin_s)])[-MARGIN_WINDOW:]
         load = self.loads[entry.pool]
         # The branches ran under the contention seen at admission and at release (between
         # them is unknown): the mean is what their speed is compared with.
@@ -149,6 +162,15 @@ class BudgetKeeper:
             self.errors_by_pool[entry.pool] = (self.errors_by_pool[entry.pool] + [error])[-ERROR_WINDOW:]
         for obs in observations or []:
             self._observe(entry, obs, contention)
+
+    def _fade_speed_factors(self) -> None:
+        """Move each pool's speed factor towards 1 (the profile) by the time since it was
+        last updated: half the distance per ``SPEED_FACTOR_HALF_LIFE_S``."""
+        now = self.clock()
+        for name, load in self.loads.items():
+            fade = 0.5 ** ((now - self.speed_updated_at[name]) / SPEED_FACTOR_HALF_LIFE_S)
+            load.speed_factor = 1.0 + (load.speed_factor - 1.0) * fade
+            self.speed_updated_at[name] = now
 
     def _refresh_contention(self) -> None:
         """Count, for every pool, the other pools of its compute group with branches in flight."""
@@ -171,6 +193,7 @@ class BudgetKeeper:
         predicted_spt = curve.seconds_per_token_at(entry.concurrency) * contention
         observed_spt = max(obs.elapsed_s - curve.prefill_s * contention, 1e-6) / obs.num_tokens
         ratio = min(max(observed_spt / predicted_spt, SPEED_FACTOR_RANGE[0]), SPEED_FACTOR_RANGE[1])
+        self._fade_speed_factors()
         load.speed_factor += self.ewma_alpha * (ratio - load.speed_factor)
 
     def set_replicas(self, pool: str, replicas: int) -> None:

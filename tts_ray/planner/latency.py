@@ -45,11 +45,19 @@ class Prediction:
     expected_tokens: float = 0.0
     seconds_per_token: float = 0.0  # per branch, at that concurrency, live correction included
     contention: int = 1  # engines sharing the device (see PoolLoad.contention)
+    reserve_s: float = 0.0  # kept free before the deadline beyond the expected merge time
+
+    @property
+    def needed_s(self) -> float:
+        """What the plan needs out of the budget: the predicted time to the answer plus the
+        reserve for answering after a cut (``total_s`` is what a client waits when no branch
+        is cut, the figure the prediction error compares with)."""
+        return self.total_s + self.reserve_s
 
     def tokens_by(self, budget_s: float) -> float:
         """Decode tokens one branch gets before generation must stop to meet ``budget_s``
-        (everything but decoding is taken off the budget first)."""
-        fixed_s = self.total_s - self.parts_s.get("decode", 0.0)
+        (everything but decoding, the reserve included, is taken off the budget first)."""
+        fixed_s = self.needed_s - self.parts_s.get("decode", 0.0)
         if self.seconds_per_token <= 0:
             return math.inf
         return max(0.0, budget_s - fixed_s) / self.seconds_per_token
@@ -57,7 +65,9 @@ class Prediction:
 
 class LatencyModel:
     """``predict`` = prefill + E[longest branch] x seconds-per-token(concurrency per replica)
-    x contention x live speed factor + reward scoring + merge margin.
+    x contention x live speed factor + reward scoring + merge time (the configured merge
+    margin); ``deadline_reserve_s`` (set by the keeper: its learned margin beyond the configured
+    one) is kept free before the deadline but is not part of the predicted latency.
 
     Contention is the number of engines decoding on the pool's device: pools of one compute
     group (e.g. two pools on one node's CPU cores) time-share it, and the profile measured each
@@ -73,6 +83,7 @@ class LatencyModel:
                  merge_margin_s: float = 0.05, max_search_steps: int = 12) -> None:
         self.profile, self.calibration = profile, calibration
         self.merge_margin_s, self.max_search_steps = merge_margin_s, max_search_steps
+        self.deadline_reserve_s = 0.0
 
     def knows(self, pool: str) -> bool:
         return pool in self.profile.pools
@@ -102,4 +113,5 @@ class LatencyModel:
             parts["prefill"] *= self.max_search_steps
         return Prediction(total_s=sum(parts.values()), parts_s=parts,
                           concurrency_per_replica=concurrency, expected_tokens=tokens,
-                          seconds_per_token=seconds_per_token, contention=load.contention)
+                          seconds_per_token=seconds_per_token, contention=load.contention,
+                          reserve_s=self.deadline_reserve_s)

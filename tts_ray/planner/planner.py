@@ -139,8 +139,8 @@ class Planner:
                 for branches in counts:
                     prediction = self.latency.predict(name, load, method, branches, request.max_tokens)
                     considered += 1
-                    if branches == 1 and (quickest_single is None or prediction.total_s < quickest_single[0]):
-                        quickest_single = (prediction.total_s, name)
+                    if branches == 1 and (quickest_single is None or prediction.needed_s < quickest_single[0]):
+                        quickest_single = (prediction.needed_s, name)
                     finish = self._finish_probability(load.model_id, prediction, request.budget_s,
                                                       request.max_tokens)
                     # Accuracy as the deadline leaves it: branches still running then are cut,
@@ -149,17 +149,17 @@ class Planner:
                     # Rank: fits the budget (expected longest branch), then expected accuracy
                     # as the deadline leaves it (log B as a proxy when uncalibrated), then lower
                     # predicted latency.
-                    fits = prediction.total_s <= request.budget_s
+                    fits = prediction.needed_s <= request.budget_s
                     value = accuracy if accuracy is not None else math.log(branches) / 100
-                    key = (fits, value if fits else -prediction.total_s, -prediction.total_s)
+                    key = (fits, value if fits else -prediction.needed_s, -prediction.needed_s)
                     if best is None or key > best[0]:
                         best = (key, name, method, branches, prediction, accuracy, share, finish)
         if quickest_single is None:
             # Fixed B > 1 was asked for: check that one branch could still make it.
             for name, load in profiled.items():
                 p = self.latency.predict(name, load, request.method or "single", 1, request.max_tokens)
-                if quickest_single is None or p.total_s < quickest_single[0]:
-                    quickest_single = (p.total_s, name)
+                if quickest_single is None or p.needed_s < quickest_single[0]:
+                    quickest_single = (p.needed_s, name)
         if quickest_single[0] > request.budget_s:
             wait_s = max(1.0, math.ceil(quickest_single[0] - request.budget_s))
             raise Infeasible(f"latency_budget_s={request.budget_s:g} cannot be met: one branch is "
