@@ -251,6 +251,143 @@ def figures(document: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# --- the planner's choices on each measured profile ---------------------------------------------
+
+DEFAULT_BUDGETS = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+def default_profiles() -> list[str]:
+    """The CPU testbed profile and every committed GPU profile of the testbed."""
+    from tts_ray.constants import REPO_DIR
+
+    gpu = sorted((REPO_DIR / "bench" / "results" / "gpu").glob("profile-testbed-*.json"))
+    return ["testbed:profile-cpu", *(str(path) for path in gpu)]
+
+
+def speculation_ratios(profile) -> dict[str, dict[str, Any]]:
+    """Per pool with curves for several k: per-token time at each k over k = 0 at every profiled
+    concurrency (below 1: the draft pays there), and where it pays."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, pool in profile.pools.items():
+        ks = sorted(c.num_speculative_tokens for c in pool.curves)
+        if 0 not in ks or len(ks) < 2:
+            continue
+        base = pool.curve(0)
+        for k in (k for k in ks if k > 0):
+            curve = pool.curve(k)
+            ratio = {str(c): curve.seconds_per_token_at(c) / base.seconds_per_token_at(c) for c in base.concurrency}
+            out.setdefault(name, {})[str(k)] = {
+                "ratio_by_concurrency": ratio,
+                "pays_at": [int(c) for c, r in ratio.items() if r < 1.0],
+                "acceptance_rate": curve.acceptance_rate, "tokens_per_step": curve.tokens_per_step}
+    return out
+
+
+def curve_summary(profile, slowdown: float = 0.10) -> list[dict[str, Any]]:
+    """Every curve of every pool: ``flat_until(slowdown)`` and its step times."""
+    return [{"pool": name, "k": curve.num_speculative_tokens, "flat_until": curve.flat_until(slowdown),
+             "concurrency": curve.concurrency, "step_ms": [round(s * 1000, 3) for s in curve.step_seconds()],
+             "ms_per_token": [round(s * 1000, 3) for s in curve.seconds_per_token]}
+            for name, pool in profile.pools.items() for curve in pool.curves]
+
+
+def _plan_row(planner, request, loads) -> dict[str, Any]:
+    from tts_ray.planner.planner import Infeasible
+
+    try:
+        plan = planner.plan(request, loads)
+    except Infeasible as exc:
+        return {"infeasible": True, "predicted_s": round(exc.predicted_s, 4)}
+    return {"pool": plan.pool, "k": plan.num_speculative_tokens, "method": plan.method, "branches": plan.num_branches,
+            "predicted_s": round(plan.predicted_s, 4), "expected_accuracy": round(plan.expected_accuracy, 4)
+            if plan.expected_accuracy is not None else None,
+            "branch_finish_probability": plan.branch_finish_probability}
+
+
+def plan_table(profile_source: str, calibration_source: str = "testbed:calibration-arith",
+               budgets: tuple[float, ...] = DEFAULT_BUDGETS, methods: tuple[str, ...] = ("majority",),
+               max_tokens: int = 160, max_branches: int = 64, merge_margin_s: float = 0.05) -> dict[str, Any]:
+    """The planner's choice on one speed profile for each (budget, method) with B left to it
+    ("auto" method: the method too), on idle pools of one replica each (one request alone: its
+    fair share is every slot, so ``max_branches`` bounds B): the free choice of pool (draft
+    length k) and, beside it, the best plan with k pinned to each pool's draft length."""
+    from tts_ray.config import resolve_data_source
+    from tts_ray.planner.calibration import Calibration
+    from tts_ray.planner.latency import LatencyModel, PoolLoad
+    from tts_ray.planner.planner import Planner, PlanRequest
+    from tts_ray.planner.profile import ClusterProfile
+
+    profile = ClusterProfile.load(resolve_data_source(profile_source))
+    calibration = Calibration.load(resolve_data_source(calibration_source))
+    planner = Planner(LatencyModel(profile, calibration, merge_margin_s=merge_margin_s))
+    loads = {name: PoolLoad(model_id=pool.model_id, num_speculative_tokens=pool.num_speculative_tokens,
+                            replicas=1, slots_per_replica=max_branches)
+             for name, pool in profile.pools.items()}
+    ks = sorted({load.num_speculative_tokens for load in loads.values()})
+    rows = []
+    for method in methods:
+        for budget in budgets:
+            def request(k: int | None, method=method, budget=budget) -> PlanRequest:
+                return PlanRequest(budget_s=budget, max_tokens=max_tokens, method=None if method == "auto" else method,
+                                   num_speculative_tokens=k, max_branches=max_branches)
+            chosen = _plan_row(planner, request(None), loads)
+            rows.append({"method": method, "budget_s": budget, "chosen": chosen,
+                         "by_k": {str(k): _plan_row(planner, request(k), loads) for k in ks},
+                         "speculates": None if chosen.get("infeasible") else chosen["k"] > 0})
+    from tts_ray.constants import REPO_DIR
+
+    source = Path(profile_source)
+    if source.is_absolute() and source.is_relative_to(REPO_DIR):
+        profile_source = str(source.relative_to(REPO_DIR))
+    return {"source": profile_source, "device": profile.device, "curves": curve_summary(profile),
+            "speculation": speculation_ratios(profile), "plans": rows}
+
+
+def plans_document(profiles: list[str] | None = None, calibration_source: str = "testbed:calibration-arith",
+                   budgets: tuple[float, ...] = DEFAULT_BUDGETS, methods: tuple[str, ...] = ("majority",),
+                   max_tokens: int = 160, max_branches: int = 64) -> dict[str, Any]:
+    """:func:`plan_table` for every profile (default: :func:`default_profiles`)."""
+    profiles = profiles or default_profiles()
+    return {"calibration": calibration_source, "budgets_s": list(budgets), "methods": list(methods),
+            "max_tokens": max_tokens, "max_branches": max_branches,
+            "load": "idle pools, one replica each, one request (fair share = every slot)",
+            "profiles": [plan_table(p, calibration_source, budgets, methods, max_tokens, max_branches)
+                         for p in profiles]}
+
+
+def format_plans(document: dict[str, Any]) -> str:
+    """The plans document as text tables: flat_until and speculation per profile, then one row
+    per (method, budget): the free choice and the best plan at each pinned k."""
+    lines = []
+    for table in document["profiles"]:
+        lines.append(f"== {table['device']}  ({table['source']})")
+        for c in table["curves"]:
+            lines.append(f"  {c['pool']:>6} k={c['k']}: flat_until(10%) = {c['flat_until']:>3}; "
+                         f"step ms {c['step_ms'][:6]}{' ...' if len(c['step_ms']) > 6 else ''}")
+        for pool, by_k in table["speculation"].items():
+            for k, s in by_k.items():
+                ratio = " ".join(f"{c}:{r:.2f}" for c, r in s["ratio_by_concurrency"].items())
+                lines.append(f"  {pool} k={k} over k=0, per token: {ratio}; pays at {s['pays_at'] or 'none'}")
+        ks = sorted(table["plans"][0]["by_k"], key=int) if table["plans"] else []
+
+        def cell(r: dict[str, Any], pool: bool, method: bool) -> str:
+            if r.get("infeasible"):
+                return f"infeasible ({r['predicted_s']:.2f}s)"
+            acc = "-" if r["expected_accuracy"] is None else f"{r['expected_accuracy']:.3f}"
+            where = f"{r['pool']} k={r['k']} " if pool else ""
+            how = f"{r['method']} " if method else ""
+            return f"{where}{how}B={r['branches']} {r['predicted_s']:.3f}s {acc}"
+        grid = [["method", "budget", "chosen: pool k B pred acc", *(f"k={k} pinned: B pred acc" for k in ks)]]
+        for row in table["plans"]:
+            auto = row["method"] == "auto"
+            grid.append([row["method"], f"{row['budget_s']:g}s", cell(row["chosen"], True, auto),
+                         *(cell(row["by_k"][k], False, auto) for k in ks)])
+        widths = [max(len(r[i]) for r in grid) for i in range(len(grid[0]))]
+        lines += ["  " + "  ".join(c.rjust(w) if i == 1 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                  .rstrip() for r in grid]
+    return "\n".join(lines)
+
+
 def _write(out: Path, document: dict[str, Any]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(document, indent=2) + "\n")
@@ -309,6 +446,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-gpus", type=float, default=None,
                    help="GPU share of every GPU engine (1: a whole GPU each)")
     p = verbs.add_parser("slug", help="print the file-name form of this machine's GPU name")
+    p = verbs.add_parser("plans", help="the planner's choices on each speed profile (no device needed)")
+    p.add_argument("--profiles", default=None,
+                   help="comma-separated profile sources (default: testbed:profile-cpu and "
+                        "bench/results/gpu/profile-testbed-*.json)")
+    p.add_argument("--calibration", default="testbed:calibration-arith")
+    p.add_argument("--budgets", default=",".join(f"{b:g}" for b in DEFAULT_BUDGETS), help="seconds, comma-separated")
+    p.add_argument("--methods", default="majority", help="comma-separated; 'auto' leaves the method to the planner")
+    p.add_argument("--max-tokens", type=int, default=160)
+    p.add_argument("--max-branches", type=int, default=64)
+    p.add_argument("--out", type=Path, default=None, help="write the JSON document here")
     args = parser.parse_args(argv)
     if args.verb == "models":
         for name in QWEN_SHAPES:
@@ -322,6 +469,15 @@ def main(argv: list[str] | None = None) -> int:
                                                        "router_overhead_b1")}, indent=2))
     elif args.verb == "override":
         print(with_overrides(args.config, args.out, args.accelerator_type, args.profile_source, args.num_gpus))
+    elif args.verb == "plans":
+        document = plans_document(args.profiles.split(",") if args.profiles else None, args.calibration,
+                                  tuple(float(b) for b in args.budgets.split(",")),
+                                  tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+                                  args.max_tokens, args.max_branches)
+        print(format_plans(document))
+        if args.out is not None:
+            _write(args.out, document)
+            print(f"wrote {args.out}")
     elif args.verb == "slug":
         from tts_ray.planner.profiler import device_name
 
