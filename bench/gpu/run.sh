@@ -178,7 +178,8 @@ case ${1:-} in
   stash)
     # extra2 last: the src.tar it may hold replaces the first pass's, left in p000
     for d in .gpu/stage/p[0-9]* .gpu/extra2; do [ -d "$d" ] && mv "$d"/* "$HOME/stash/" 2>/dev/null; done
-    [ "${TTS_GPU_SRC_TAR:-0}" = 1 ] || rm -f "$HOME/stash/src.tar"
+    # a src.tar stays in ~/stash: copy_repo uses it only with TTS_GPU_SRC_TAR=1 (removing it here
+    # whenever that was unset made the second pass's later calls throw the staged source away)
     ls -l "$HOME/stash" | tail -n +2 | awk '{print $5, $9}' | tr '\n' ' '; echo
     ;;
   daemon)
