@@ -317,3 +317,26 @@ def test_the_keeper_learns_speed_from_branches_stopped_at_the_deadline_too():
     stopped = Branch(text="x", answer=None, num_tokens=30, finish_reason="deadline", elapsed_s=2.0)
     cancelled = Branch(text="", answer=None, num_tokens=0, finish_reason=None)
     assert [o["num_tokens"] for o in observations_of([finished, stopped, cancelled])] == [50, 30]
+
+
+def test_paired_early_stop_replays_the_rule_on_a_runs_own_branches():
+    from tts_ray.eval.datasets import Problem
+    from tts_ray.eval.stats import ProblemResult
+    from tts_ray.planner.bench import paired_early_stop
+
+    problems = [Problem(unique_id=f"p{i}", problem="q", answer="7") for i in range(3)]
+    agree = ["7"] * 6  # settled after the first window: stopping saves half and loses nothing
+    split = ["7", "8", "7", "8", "8", "8"]  # the first window's leader ("7") loses the full vote
+    results = [
+        ProblemResult(id="p0", gold="7", correct=True, latency_s=1, branch_answers=agree, branch_tokens=[10] * 6),
+        ProblemResult(id="p1", gold="7", correct=False, latency_s=1, branch_answers=split, branch_tokens=[10] * 6),
+        ProblemResult(id="p2", gold="7", correct=False, latency_s=1, branch_answers=["7"], branch_tokens=[10]),
+    ]
+    rule = {"window": 3, "confidence": 0.7, "criterion": "beta"}
+    replay = paired_early_stop(results, problems, rule, branches=6, orders=4)
+    assert (replay["problems"], replay["skipped"]) == (2, 1)  # p2 has too few branches
+    assert replay["accuracy_full"] == 0.5  # p0 right, p1 wrong ("8" wins 4 to 2)
+    # p0 stops right after 3; p1 stops only on three 8s (wrong either way), else runs all 6
+    assert replay["accuracy_early"] == 0.5
+    assert 0.25 <= replay["token_saving"] <= 0.5
+    assert paired_early_stop(results, problems, None, branches=6) == {}

@@ -128,6 +128,7 @@ def grade_response(problem: Problem, status: int | None, payload: Any, latency_s
     answer = tts.get("answer") if tts is not None else extract_answer(text or "")
     usage = payload.get("usage") or {}
     speculation = (tts or {}).get("speculation") or {}
+    branches = [b for b in (tts or {}).get("branches") or [] if isinstance(b, dict)]
     return ProblemResult(
         **base, answer=answer, correct=is_equivalent(answer, problem.answer),
         num_branches=(tts or {}).get("num_branches"), tokens=usage.get("completion_tokens"),
@@ -135,6 +136,8 @@ def grade_response(problem: Problem, status: int | None, payload: Any, latency_s
         server_total_s=((tts or {}).get("timings_s") or {}).get("total"),
         spec_accepted_per_step=speculation.get("accepted_per_step"),
         plan=(tts or {}).get("plan"),
+        branch_answers=[b.get("answer") for b in branches] if branches else None,
+        branch_tokens=[int(b.get("num_tokens") or 0) for b in branches] if branches else None,
     )
 
 

@@ -67,6 +67,10 @@ class ProblemResult(BaseModel):
         None, description="Draft tokens accepted per verification step (tts.speculation).")
     plan: dict[str, Any] | None = Field(
         None, description="The service's plan (tts.plan: pool, method, branches, k, predicted latency).")
+    branch_answers: list[str | None] | None = Field(
+        None, description="Each branch's extracted answer in the service's order (tts.branches).")
+    branch_tokens: list[int] | None = Field(
+        None, description="Each branch's generated tokens, same order as branch_answers.")
     status: int | None = Field(None, description="HTTP status; None when no response arrived.")
     error: str | None = Field(None, description="Error message for non-200 answers or transport errors.")
 

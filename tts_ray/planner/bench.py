@@ -31,10 +31,15 @@ from tts_ray.eval.runner import EvalRequest, evaluate
 from tts_ray.eval.stats import percentile
 
 
-def _run(problems: Sequence[Problem], url: str, concurrency: int, label: str, **tts) -> dict[str, Any]:
+def _run(problems: Sequence[Problem], url: str, concurrency: int, label: str,
+         results_out: list | None = None, **tts) -> dict[str, Any]:
+    """One configuration over ``problems``: its row (accuracy, latency, 429s, plans, the latency
+    model's error); the per-problem results are appended to ``results_out`` when given."""
     request = EvalRequest(method="majority", **tts)
     results, wall_s = asyncio.run(evaluate(problems, url, request, concurrency=concurrency, progress=False,
                                            desc=label))
+    if results_out is not None:
+        results_out.extend(results)
     ok = [r for r in results if r.status == 200]
     # The latency model's error on this row, as the client saw it: (latency - predicted) / predicted.
     errors = [(r.latency_s - r.plan["predicted_s"]) / r.plan["predicted_s"]
@@ -67,6 +72,36 @@ def _status(url: str) -> dict[str, Any]:
     key = EvalRequest().api_key  # $TTS_RAY_API_KEY, as the bench's requests use
     return httpx.get(f"{url}/v1/tts/status", timeout=30,
                      headers={"Authorization": f"Bearer {key}"} if key else None).json()
+
+
+def paired_early_stop(results: Sequence[Any], problems: Sequence[Problem], rule: dict[str, Any] | None,
+                      branches: int, orders: int = 16) -> dict[str, Any]:
+    """Replay the service's early-stopping ``rule`` (``/v1/tts/status``'s ``early_stop_rule``)
+    on the branches of a run without stopping (``results``, one per problem, with
+    ``branch_answers`` and ``branch_tokens``), in ``orders`` random orders per problem
+    (:func:`tts_ray.planner.early_stop.simulate`). Problems with fewer than ``branches``
+    answered branches are left out (counted in ``skipped``). Returns simulate's figures, or
+    ``{}`` without a rule or usable problems."""
+    from tts_ray.grading import is_equivalent, normalize_answer
+    from tts_ray.planner.early_stop import EarlyStopRule, simulate
+
+    if not rule:
+        return {}
+    gold = {p.unique_id: p.answer for p in problems}
+    samples, skipped = [], 0
+    for r in results:
+        answers = (r.branch_answers or [])[:branches]
+        if len(answers) < branches or r.id not in gold:
+            skipped += 1
+            continue
+        samples.append({"answers": [normalize_answer(a) if a is not None else None for a in answers],
+                        "correct": [a is not None and is_equivalent(a, gold[r.id]) for a in answers],
+                        "lengths": (r.branch_tokens or [1] * branches)[:branches]})
+    if not samples:
+        return {}
+    replay = simulate(samples, EarlyStopRule(window=rule["window"], confidence=rule["confidence"],
+                                             criterion=rule["criterion"]), branches, orders=orders)
+    return {**replay, "problems": len(samples), "skipped": skipped, "orders": orders}
 
 
 def _difference_ci95_points(a: dict[str, Any], b: dict[str, Any]) -> list[float]:
@@ -111,11 +146,13 @@ def run_planner_bench(url: str, out: str | Path, limit: int = 100, budgets_s: Se
                                           "num_speculative_tokens": best["num_speculative_tokens"],
                                           "accuracy": best["accuracy"]},
                            "gap_points": (best["accuracy"] - auto["accuracy"]) * 100})
+    full_results: list = []
     full = _run(stop_problems, url, concurrency, f"B={early_stop_branches} full", branches=early_stop_branches,
-                latency_budget_s=early_stop_budget_s, early_stop=False)
+                latency_budget_s=early_stop_budget_s, early_stop=False, results_out=full_results)
     early = _run(stop_problems, url, concurrency, f"B={early_stop_branches} early stop",
                  branches=early_stop_branches, latency_budget_s=early_stop_budget_s, early_stop=True)
     status = _status(url)
+    paired = paired_early_stop(full_results, stop_problems, status.get("early_stop_rule"), early_stop_branches)
     figures = {
         "p99_over_budget_ms": percentile(over_budget_ms, 99),
         "auto_gap_points": max(b["gap_points"] for b in per_budget),
@@ -124,6 +161,10 @@ def run_planner_bench(url: str, out: str | Path, limit: int = 100, budgets_s: Se
         # The two runs sample independently (no per-request seeds on CPU pools), so the drop
         # carries the sampling noise of both: the normal-approximation 95% interval says how much.
         "early_stop_accuracy_drop_ci95_points": _difference_ci95_points(full, early),
+        # The service's rule replayed on the full run's own branches: the same samples with and
+        # without stopping, so only the stopping differs (no sampling noise between two runs).
+        "early_stop_accuracy_drop_points_paired": paired.get("accuracy_drop_points"),
+        "early_stop_token_saving_paired": paired.get("token_saving"),
         "prediction_error_median_abs": status["prediction_error"]["median_abs"],
         "prediction_error_mean_signed": status["prediction_error"]["mean_signed"],
     }
@@ -133,7 +174,7 @@ def run_planner_bench(url: str, out: str | Path, limit: int = 100, budgets_s: Se
                     "method": "majority", "budgets": per_budget,
                     "early_stop": {"full": full, "early": early, "branches": early_stop_branches,
                                    "budget_s": early_stop_budget_s, "problems": len(stop_problems),
-                                   "rule": status.get("early_stop_rule")},
+                                   "rule": status.get("early_stop_rule"), "paired_replay": paired},
                     "keeper_status": status},
         "command": command,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -32,8 +32,10 @@ class GeneratorServer(LLMServer):
         aborts the engine request the same way.
 
         Returns ``{"text", "num_tokens", "finish_reason", "stop_reason", "replica",
-        "spec_accepted_tokens", "spec_verify_steps"}``; the last two come from vLLM's
-        per-request speculative-decoding metrics (None without speculation or when stopped).
+        "spec_accepted_tokens", "spec_verify_steps", "engine_s"}``; the spec fields come from
+        vLLM's per-request speculative-decoding metrics (None without speculation or when
+        stopped); ``engine_s`` is the time from handing the request to the engine to its last
+        output (what the replica adds around it is the call's time minus this).
 
         Raises:
             RuntimeError: the engine answered with an error, or the replica has no engine.
@@ -54,6 +56,7 @@ class GeneratorServer(LLMServer):
                                 max_tokens=request.max_tokens, stop=stop, seed=request.seed,
                                 output_kind=RequestOutputKind.DELTA)
         request_id = f"branch-{uuid.uuid4().hex}"
+        submitted = time.perf_counter()
         stream = client.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, request_id)
         texts: list[str] = []
         result: dict[str, Any] = {"num_tokens": 0, "finish_reason": None, "stop_reason": None,
@@ -91,6 +94,7 @@ class GeneratorServer(LLMServer):
                 await client.abort(request_id)
         if not finished:
             result["finish_reason"] = "deadline"
+        result["engine_s"] = time.perf_counter() - submitted
         return {**result, "text": "".join(texts), "replica": serve.get_replica_context().replica_id.unique_id}
 
     async def num_unfinished_requests(self) -> int:
