@@ -58,9 +58,14 @@ def prm_llm(prm: str | Path, **engine_kwargs):
 
 
 def score_steps(llm, texts: list[str]) -> list[list[float]]:
-    """Per-step scores in [0, 1] for each PRM input text (one score per step tag)."""
+    """Per-step scores in [0, 1] for each PRM input text (one score per step tag), also where
+    vLLM returns a score for every token (0.26: :func:`tts_ray.engines.prm.step_scores_from_output`)."""
+    from tts_ray.engines.prm import engine_step_tag_id, step_scores_from_output
+
     outputs = llm.encode(texts, pooling_task="token_classify", use_tqdm=False)
-    return [out.outputs.data.float().flatten().tolist() for out in outputs]
+    tag = engine_step_tag_id(llm)
+    return [step_scores_from_output(out.outputs.data, getattr(out, "prompt_token_ids", None), tag)
+            for out in outputs]
 
 
 def spec_decode_counters(llm) -> dict[str, float]:

@@ -14,7 +14,13 @@ from typing import Any
 from ray import serve
 
 from tts_ray.config import RewardConfig
-from tts_ray.engines.prm import split_solution, tag_steps, vllm_prm_args
+from tts_ray.engines.prm import (
+    engine_step_tag_id,
+    split_solution,
+    step_scores_from_output,
+    tag_steps,
+    vllm_prm_args,
+)
 
 
 class RewardServer:
@@ -29,7 +35,13 @@ class RewardServer:
 
         prepare_cpu_env()
         self.config = RewardConfig.model_validate(config)
-        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**vllm_prm_args(self.config)))
+        args = vllm_prm_args(self.config)
+        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+        # the tag the engine pools on: vLLM 0.26 returns every token's score for this PRM, and
+        # the scores at these positions are the step scores (step_scores_from_output)
+        self.step_tag_id = engine_step_tag_id(self.engine)
+        if self.step_tag_id is None:
+            self.step_tag_id = args["pooler_config"].get("step_tag_id")
 
     def reward_input(self, prompt: str, solution: str) -> str:
         """``prompt`` then each step of ``solution`` followed by the step tag and separator."""
@@ -43,7 +55,10 @@ class RewardServer:
         async for output in self.engine.encode(text, PoolingParams(task="token_classify"),
                                                request_id=f"prm-{uuid.uuid4().hex}"):
             final = output
-        return final.outputs.data.float().flatten().tolist() if final is not None else []
+        if final is None:
+            return []
+        return step_scores_from_output(final.outputs.data, getattr(final, "prompt_token_ids", None),
+                                       self.step_tag_id)
 
     async def score(self, prompt: str, solutions: list[str]) -> list[list[float]]:
         """Per-step scores in [0, 1] for every solution of ``prompt`` (one list per solution)."""
