@@ -63,7 +63,8 @@ class BenchConfig(BaseModel):
     url: str | None = Field(None, description="Use this running service instead of starting one in-process.")
     temperature: float = Field(DEFAULT_TEMPERATURE, ge=0, description="Sampling temperature of every sampler.")
     max_tokens: int = Field(DEFAULT_MAX_TOKENS, ge=1, description="Tokens per sample.")
-    warmup: int = Field(2, ge=0, description="Untimed requests per system before it is measured.")
+    warmup: int = Field(8, ge=0, description="Untimed requests per system before it is measured "
+                                          "(compiled shapes, caches and handles warm).")
     skip_peers: bool = Field(False, description="Measure only the service (no ratios against peers).")
     auto_budget_s: float | None = Field(None, gt=0, description="tts.latency_budget_s sent with branches=auto.")
     out_dir: Path = Field(REPO_DIR / "bench" / "results", description="Where bench.json and bench.png go.")
