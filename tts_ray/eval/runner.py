@@ -191,8 +191,10 @@ async def evaluate(problems: Sequence[Problem], url: str, request: EvalRequest, 
             except httpx.HTTPError as exc:
                 error = f"{type(exc).__name__}: {exc}"
             latency_s = time.perf_counter() - started
-        # math-verify may take a moment on odd answers: keep the event loop free meanwhile
-        result = await asyncio.to_thread(grade_response, problem, status, payload, latency_s, error)
+            # math-verify may take a moment on odd answers: keep the event loop free meanwhile.
+            # Graded inside the slot: grading the last answer while the next request is timed
+            # would take CPU from the service under test (a whole core of two, here).
+            result = await asyncio.to_thread(grade_response, problem, status, payload, latency_s, error)
         results[index] = result
         counts["done"] += 1
         counts["correct"] += result.correct
