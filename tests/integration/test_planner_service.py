@@ -113,3 +113,8 @@ def test_keeper_status_reports_pools_and_prediction_error(service_url):
     assert status["profiled"] and status["calibrated"]
     assert status["counts"]["admitted"] >= status["counts"]["released"] > 0
     assert status["prediction_error"]["requests"] > 0
+    # local.yaml puts both pools on the node's cores: idle now, each would decode alone
+    assert {p["compute_group"] for p in status["pools"].values()} == {"node-cpu"}
+    assert all(p["contention"] == 1 for p in status["pools"].values())
+    assert sum(p["prediction_error"]["requests"] for p in status["pools"].values()) >= \
+        status["prediction_error"]["requests"]
