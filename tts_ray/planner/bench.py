@@ -59,11 +59,25 @@ def _run(problems: Sequence[Problem], url: str, concurrency: int, label: str,
         "prediction_error_median_abs": percentile([abs(e) for e in errors], 50),
         "prediction_error_mean_signed": sum(errors) / len(errors) if errors else None,
         "latencies_s": [round(r.latency_s, 4) for r in results],
+        # the keeper's learned state right after the row: what the next row starts from
+        "keeper_after": _keeper_snapshot(url),
     }
     print(f"{label:>28}: acc {row['accuracy']:.3f}  p50 {row['latency_p50_s']:.2f}s  "
           f"p99 {row['latency_p99_s']:.2f}s  tokens {row['tokens_per_problem']:.0f}  "
           f"429 {row['rejected_429']}  errors {row['errors']}", flush=True)
     return row
+
+
+def _keeper_snapshot(url: str) -> dict[str, Any] | None:
+    """The keeper's learned margin and per-pool speed factors now (None if status fails)."""
+    import httpx
+
+    try:
+        status = _status(url)
+    except (httpx.HTTPError, ValueError):  # a diagnostic: the row stands without it
+        return None
+    return {"merge_margin_s": status.get("merge_margin_s"),
+            "speed_factor": {name: p.get("speed_factor") for name, p in status.get("pools", {}).items()}}
 
 
 def _status(url: str) -> dict[str, Any]:
