@@ -118,7 +118,6 @@ class BudgetKeeper:
         if self.latency is not None:
             # plans keep the margin in force free before the deadline
             self.latency.deadline_reserve_s = margin_s - self.margin_floor_s
-        self._refresh_contention()
         self._fade_speed_factors()
         try:
             plan = self.planner.plan(request, self.loads)
@@ -149,8 +148,8 @@ class BudgetKeeper:
             self.needed_margins = (self.needed_margins + [(self.clock(), needed_margin_s)])[-MARGIN_WINDOW:]
         load = self.loads[entry.pool]
         # The branches ran under the contention seen at admission and at release (between
-        # them is unknown): the mean is what their speed is compared with.
-        self._refresh_contention()
+        # them is unknown): the mean is what their speed is compared with. Contention is
+        # current: every change of a pool's in-flight branches (admit, release) refreshes it.
         contention = (entry.contention + load.contention) / 2
         load.inflight_branches = max(0, load.inflight_branches - entry.branches)
         load.active_requests = max(0, load.active_requests - 1)

@@ -44,7 +44,6 @@ class Prediction:
     concurrency_per_replica: int = 1
     expected_tokens: float = 0.0
     seconds_per_token: float = 0.0  # per branch, at that concurrency, live correction included
-    contention: int = 1  # engines sharing the device (see PoolLoad.contention)
     reserve_s: float = 0.0  # kept free before the deadline beyond the expected merge time
 
     @property
@@ -113,5 +112,4 @@ class LatencyModel:
             parts["prefill"] *= self.max_search_steps
         return Prediction(total_s=sum(parts.values()), parts_s=parts,
                           concurrency_per_replica=concurrency, expected_tokens=tokens,
-                          seconds_per_token=seconds_per_token, contention=load.contention,
-                          reserve_s=self.deadline_reserve_s)
+                          seconds_per_token=seconds_per_token, reserve_s=self.deadline_reserve_s)

@@ -14,13 +14,7 @@ from typing import Any
 from ray import serve
 
 from tts_ray.config import RewardConfig
-from tts_ray.engines.prm import (
-    engine_step_tag_id,
-    split_solution,
-    step_scores_from_output,
-    tag_steps,
-    vllm_prm_args,
-)
+from tts_ray.engines.prm import split_solution, step_scores_from_output, tag_steps, vllm_prm_args
 
 
 class RewardServer:
@@ -39,9 +33,7 @@ class RewardServer:
         self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
         # the tag the engine pools on: vLLM 0.26 returns every token's score for this PRM, and
         # the scores at these positions are the step scores (step_scores_from_output)
-        self.step_tag_id = engine_step_tag_id(self.engine)
-        if self.step_tag_id is None:
-            self.step_tag_id = args["pooler_config"].get("step_tag_id")
+        self.step_tag_id = args["pooler_config"]["step_tag_id"]
 
     def reward_input(self, prompt: str, solution: str) -> str:
         """``prompt`` then each step of ``solution`` followed by the step tag and separator."""
