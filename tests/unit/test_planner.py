@@ -111,6 +111,31 @@ def test_a_full_pool_is_shared_equally_among_its_requests():
     assert plan.num_branches == 64 // 5 == plan.fair_share
 
 
+def test_an_auto_plan_in_a_burst_leaves_time_for_the_requests_behind_it():
+    planner, loads = setup(SPEC_NEVER_PAYS)
+    alone = planner.plan(request(1.5, method="majority"), loads)
+    assert alone.num_branches == 22  # alone: up to 1.41 s of decoding at 22 sequences
+    for load in loads.values():
+        load.recent_requests = 7.0  # a burst of 8: the pool is idle, but 7 more are coming
+    burst = planner.plan(request(1.5, method="majority"), loads)
+    # Planned as if all 8 ran the same plan: 8 x B sequences must stay on the flat part
+    # (16 at most); the fair share alone (64 // 8 = 8) would have allowed 8 each.
+    assert burst.fair_share == 8 and burst.num_branches == 2
+    assert burst.predicted_parts_s["decode"] == pytest.approx(100 * 0.0105)
+
+
+def test_a_burst_too_large_for_one_branch_each_still_gets_one_branch_not_429():
+    planner, loads = setup(SPEC_NEVER_PAYS)
+    for load in loads.values():
+        load.recent_requests = 63.0  # 64 sequences would take 4 s; the idle pool takes 1 s
+    plan = planner.plan(request(1.5, method="majority"), loads)
+    assert plan.num_branches == 1
+    for load in loads.values():
+        load.inflight_branches, load.active_requests = 64, 63
+    with pytest.raises(Infeasible):  # now the load is real: one branch cannot make it
+        planner.plan(request(1.5, method="majority"), loads)
+
+
 def test_auto_method_uses_the_calibration_and_scored_methods_only_with_a_reward_model():
     accuracy = {"majority": [0.4, 0.5, 0.55, 0.6], "weighted_majority": [0.4, 0.6, 0.7, 0.8],
                 "best_of_n": [0.4, 0.55, 0.6, 0.65], "single": [0.4]}

@@ -4,7 +4,7 @@ count B with the highest expected accuracy whose predicted latency fits the budg
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from tts_ray.planner.latency import SCORED, LatencyModel, PoolLoad
@@ -137,10 +137,13 @@ class Planner:
                 else:
                     counts = [1] if single_only else range(1, min(request.max_branches, share) + 1)
                 for branches in counts:
-                    prediction = self.latency.predict(name, load, method, branches, request.max_tokens)
                     considered += 1
-                    if branches == 1 and (quickest_single is None or prediction.needed_s < quickest_single[0]):
-                        quickest_single = (prediction.needed_s, name)
+                    if branches == 1:  # 429 only when one branch cannot make it under today's load
+                        now = self.latency.predict(name, load, method, 1, request.max_tokens)
+                        if quickest_single is None or now.needed_s < quickest_single[0]:
+                            quickest_single = (now.needed_s, name)
+                    planning_load = self._planning_load(load, branches) if request.branches is None else load
+                    prediction = self.latency.predict(name, planning_load, method, branches, request.max_tokens)
                     finish = self._finish_probability(load.model_id, prediction, request.budget_s,
                                                       request.max_tokens)
                     # Accuracy as the deadline leaves it: branches still running then are cut,
@@ -171,6 +174,17 @@ class Planner:
                     expected_accuracy=accuracy, auto=auto, fair_share=share if auto else None,
                     candidates=considered, predicted_parts_s=prediction.parts_s,
                     branch_finish_probability=round(finish, 4))
+
+    @staticmethod
+    def _planning_load(load: PoolLoad, branches: int) -> PoolLoad:
+        """The load an auto plan of ``branches`` is predicted under: the branches in flight now,
+        or, when more, every recent competitor running a plan of the same size. In a burst the
+        first requests find the pool idle; planned on that alone they would take the time the
+        requests right behind them need, and those would get 429 (seen at concurrency 8: auto
+        answered 9 of 60 requests where B = 1 for all answered 60)."""
+        competitors = max(load.active_requests, round(load.recent_requests))
+        steady = competitors * branches
+        return replace(load, inflight_branches=steady) if steady > load.inflight_branches else load
 
     @staticmethod
     def _fair_share(load: PoolLoad) -> int:
