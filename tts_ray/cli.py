@@ -74,6 +74,17 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from tts_ray.planner.calibrate import calibrate
 
     config = load_app_config(args.config)
+    if args.from_samples is not None:
+        import json
+
+        from tts_ray.planner.calibrate import calibration_from_samples
+
+        rows = [json.loads(line) for line in args.from_samples.read_text().splitlines() if line.strip()]
+        calibration = calibration_from_samples(rows, dataset=args.dataset,
+                                               max_tokens=config.router.default_max_tokens,
+                                               command=args.command_line)
+        print(f"wrote {calibration.save(args.out)}")
+        return 0
     records = _planner_records(args.dataset, args.limit)
     calibration = calibrate(config, records, dataset=args.dataset, samples=args.samples,
                             command=args.command_line, samples_out=args.samples_out)
@@ -179,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=32, help="samples per problem (largest B calibrated)")
     p.add_argument("--samples-out", type=Path, default=None,
                    help="also write every problem's samples (JSONL) for tune-early-stop")
+    p.add_argument("--from-samples", type=Path, default=None,
+                   help="rebuild the calibration from a --samples-out file (no engines; max_tokens from "
+                        "the config's default_max_tokens, the value they were drawn with)")
     p.set_defaults(func=_cmd_calibrate)
 
     p = verbs.add_parser("tune-early-stop", help="simulate early-stopping rules on samples from calibrate")

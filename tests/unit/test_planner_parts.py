@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from tts_ray.config import AppConfig
-from tts_ray.planner.calibration import ModelCalibration, accuracy_curves
+from tts_ray.planner.calibration import ModelCalibration, TokenLimitedAccuracy, accuracy_by_tokens, accuracy_curves
 from tts_ray.planner.early_stop import EarlyStopRule, prob_final_vote_unchanged, prob_leader_ahead, simulate
 from tts_ray.planner.keeper import BranchObservation, BudgetKeeper
 from tts_ray.planner.planner import Infeasible, PlanRequest
@@ -292,6 +292,52 @@ def test_finish_probability_and_accuracy_by_deadline():
     assert model.accuracy_by_deadline("majority", 3, 0.5) == pytest.approx(0.75 * 0.5 + 0.125 * 0.7)
     assert model.accuracy_by_deadline("majority", 4, 0.0) == 0.0
     assert model.accuracy_by_deadline("best_of_n", 2, 0.5) is None
+
+
+def _problems(lengths_of):
+    """Two problems, 4 samples each, every answer right: accuracy is whether a branch finishes."""
+    return [{"answers": ["7"] * 4, "correct": [True] * 4, "scores": None, "lengths": lengths_of(i)}
+            for i in range(2)]
+
+
+def test_deadline_table_cuts_branches_per_problem():
+    # Lengths set by the problem (as on the testbed): problem 0 is short, problem 1 long.
+    same = accuracy_by_tokens(_problems(lambda i: [20 + 40 * i] * 4), max_tokens=100, draws=8)
+    assert same.tokens == [20, 60, 100]
+    assert same.at("majority", 1, 20) == same.at("majority", 4, 20) == 0.5  # more branches: no insurance
+    assert same.at("majority", 1, 100) == 1.0
+    assert same.at("majority", 4, 40) == pytest.approx(0.75)  # linear between 20 (0.5) and 60 (1.0)
+    assert same.at("majority", 2, 10) == pytest.approx(0.25)  # towards 0 at 0 tokens
+    assert same.at("majority", 99, 1000) == 1.0 and same.at("best_of_n", 1, 50) is None
+    # Lengths spread within each problem: two of four branches are short, so more branches insure.
+    spread = accuracy_by_tokens(_problems(lambda i: [20, 20, 60, 60]), max_tokens=100, draws=64)
+    assert spread.at("majority", 1, 20) == pytest.approx(0.5, abs=0.15)
+    assert spread.at("majority", 4, 20) == 1.0
+
+
+def test_accuracy_within_prefers_the_table_and_falls_back_to_independent_branches():
+    table = TokenLimitedAccuracy(tokens=[20, 100], accuracy={"majority": [[0.2, 0.6], [0.2, 0.6]]})
+    model = ModelCalibration(accuracy={"majority": [0.6, 0.6], "single": [0.6]}, lengths=[20, 100],
+                             max_tokens=100, accuracy_by_tokens=table)
+    assert model.accuracy_within("majority", 2, 20, 100) == 0.2
+    assert model.accuracy_within("majority", 2, 500, 60) == pytest.approx(0.2 + 0.4 * 40 / 80)  # max_tokens cuts
+    # single is not in the table: K ~ Binomial(1, p = 1/2 of the lengths within 20 tokens)
+    assert model.accuracy_within("single", 1, 20, 100) == pytest.approx(0.3)
+    with pytest.raises(ValidationError):
+        TokenLimitedAccuracy(tokens=[], accuracy={})
+
+
+def test_calibration_from_samples_rebuilds_the_file_without_engines():
+    from tts_ray.planner.calibrate import calibration_from_samples
+
+    rows = [{"model_id": "m", **p} for p in _problems(lambda i: [20 + 40 * i] * 4)]
+    calibration = calibration_from_samples(rows, dataset="d", max_tokens=100, log=lambda _: None)
+    model = calibration.models["m"]
+    assert (calibration.problems, calibration.samples_per_problem) == (2, 4)
+    assert model.accuracy["majority"] == [1.0] * 4 and model.lengths == [20] * 4 + [60] * 4
+    assert model.accuracy_within("majority", 3, 30, 100) == pytest.approx(0.5 + 0.5 * 10 / 40)
+    with pytest.raises(ValueError):
+        calibration_from_samples([], dataset="d", max_tokens=100)
 
 
 def test_a_burst_of_requests_shrinks_each_ones_fair_share_before_the_pool_fills():

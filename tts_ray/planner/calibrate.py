@@ -18,7 +18,7 @@ from tts_ray.config import AppConfig, resolve_model_source
 from tts_ray.constants import DEFAULT_TEMPERATURE
 from tts_ray.grading import extract_answer, is_equivalent, normalize_answer
 from tts_ray.methods.base import aggregate_score
-from tts_ray.planner.calibration import Calibration, ModelCalibration, accuracy_curves
+from tts_ray.planner.calibration import Calibration, ModelCalibration, accuracy_by_tokens, accuracy_curves
 from tts_ray.planner.profiler import _chat_prompts
 
 MAX_LENGTHS_KEPT = 2000  # a sorted sample of branch lengths is all the latency model needs
@@ -55,7 +55,6 @@ def calibrate(config: AppConfig, records: Sequence[dict], dataset: str, samples:
         vllm_offline.shutdown(llm)
         texts = [[c.text for c in out.outputs] for out in outputs]
         per_problem_lengths = [[len(c.token_ids) for c in out.outputs] for out in outputs]
-        lengths = [n for group in per_problem_lengths for n in group]
         scores = _score(config, records, texts, log) if config.reward is not None else None
         problems = []
         for i, record in enumerate(records):
@@ -64,20 +63,51 @@ def calibrate(config: AppConfig, records: Sequence[dict], dataset: str, samples:
                 "answers": [normalize_answer(a) if a is not None else None for a in answers],
                 "correct": [a is not None and is_equivalent(a, str(record["answer"])) for a in answers],
                 "scores": scores[i] if scores is not None else None,
+                "lengths": per_problem_lengths[i],
             })
         if samples_out is not None:
             samples_out.parent.mkdir(parents=True, exist_ok=True)
             with open(samples_out, "a" if len(seen) > 1 else "w") as f:
-                for problem, group in zip(problems, per_problem_lengths):
-                    f.write(json.dumps({"model_id": pool.model_id, **problem, "lengths": group}) + "\n")
+                f.writelines(json.dumps({"model_id": pool.model_id, **problem}) + "\n" for problem in problems)
             log(f"  samples written to {samples_out}")
-        curves = accuracy_curves(problems)
-        rng = random.Random(0)
-        kept = sorted(rng.sample(lengths, min(len(lengths), MAX_LENGTHS_KEPT)))
-        models[pool.model_id] = ModelCalibration(accuracy=curves, lengths=kept, max_tokens=max_tokens)
-        log(f"  majority@1 {curves['majority'][0]:.3f}, majority@{samples} {curves['majority'][-1]:.3f}"
-            + (f", weighted@{samples} {curves['weighted_majority'][-1]:.3f}" if scores else ""))
+        models[pool.model_id] = model_calibration(problems, max_tokens, log)
     return Calibration(dataset=dataset, problems=len(records), samples_per_problem=samples,
+                       temperature=DEFAULT_TEMPERATURE, models=models,
+                       created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                       command=command)
+
+
+def model_calibration(problems: Sequence[dict], max_tokens: int, log=print) -> ModelCalibration:
+    """One model's calibration from its samples: problems as ``--samples-out`` writes them
+    (``answers``, ``correct``, ``scores`` or None, ``lengths``), drawn with ``max_tokens``."""
+    curves = accuracy_curves(problems)
+    lengths = [n for p in problems for n in p["lengths"]]
+    kept = sorted(random.Random(0).sample(lengths, min(len(lengths), MAX_LENGTHS_KEPT)))
+    samples = len(problems[0]["answers"])
+    log(f"  majority@1 {curves['majority'][0]:.3f}, majority@{samples} {curves['majority'][-1]:.3f}"
+        + (f", weighted@{samples} {curves['weighted_majority'][-1]:.3f}" if "weighted_majority" in curves else ""))
+    return ModelCalibration(accuracy=curves, lengths=kept, max_tokens=max_tokens,
+                            accuracy_by_tokens=accuracy_by_tokens(problems, max_tokens))
+
+
+def calibration_from_samples(rows: Sequence[dict], dataset: str, max_tokens: int,
+                             command: str = "tts-ray calibrate", log=print) -> Calibration:
+    """Rebuild a calibration from a ``--samples-out`` file's rows, without engines.
+
+    Raises:
+        ValueError: no rows, or one model's problems with different sample counts.
+    """
+    if not rows:
+        raise ValueError("no samples")
+    by_model: dict[str, list[dict]] = {}
+    for row in rows:
+        by_model.setdefault(row["model_id"], []).append(row)
+    models = {}
+    for model_id, problems in by_model.items():
+        log(f"{model_id}: {len(problems)} problems")
+        models[model_id] = model_calibration(problems, max_tokens, log)
+    first = next(iter(by_model.values()))
+    return Calibration(dataset=dataset, problems=len(first), samples_per_problem=len(first[0]["answers"]),
                        temperature=DEFAULT_TEMPERATURE, models=models,
                        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                        command=command)

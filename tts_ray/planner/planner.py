@@ -67,25 +67,25 @@ class Planner:
 
     Among plans whose expected longest branch fits the budget, the objective is the
     calibrated accuracy *as the deadline leaves it*: from the plan's seconds per token, the
-    tokens a branch can decode before the deadline, the calibrated share of branches that end
-    within them (p), and E[accuracy(K)] over the K ~ Binomial(B, p) branches that finish and
-    vote. A plan whose lone branch often runs past the deadline thus loses to one that
-    finishes reliably (a faster pool, or a few extra branches as insurance against the length
-    tail). The fit test stays: the deadline would cut an over-long plan, but its branches
-    would still load the pool for everyone else.
+    tokens T a branch can decode before the deadline, and the calibration's accuracy at B
+    branches when those longer than T are cut and the rest vote, measured per problem
+    (``accuracy_by_tokens``; without it, K ~ Binomial(B, p) independent finishers). Extra
+    branches are insurance only where lengths vary within a problem: on the testbed they
+    hardly do, and assuming independence had the planner double its branches under
+    deadline pressure for insurance that does not exist. The fit test stays: the deadline
+    would cut an over-long plan, but its branches would still load the pool for everyone else.
     """
 
     def __init__(self, latency: LatencyModel | None) -> None:
         self.latency = latency
 
-    def _accuracy(self, model_id: str, method: str, branches: int,
-                  finish_probability: float = 1.0) -> float | None:
-        """Calibrated accuracy of ``method`` at ``branches``, each branch finishing before the
-        deadline with ``finish_probability``; None when uncalibrated."""
+    def _accuracy(self, model_id: str, method: str, branches: int, tokens: float, max_tokens: int) -> float | None:
+        """Calibrated accuracy of ``method`` at ``branches`` when the deadline leaves each branch
+        ``tokens`` decode tokens; None when uncalibrated."""
         calibration = self.latency.calibration if self.latency else None
         if calibration is None or model_id not in calibration.models:
             return None
-        return calibration.models[model_id].accuracy_by_deadline(method, branches, finish_probability)
+        return calibration.models[model_id].accuracy_within(method, branches, tokens, max_tokens)
 
     def _finish_probability(self, model_id: str, prediction, budget_s: float, max_tokens: int) -> float:
         """P(one branch finishes by the deadline) from the calibrated lengths; 1.0 uncalibrated."""
@@ -148,7 +148,8 @@ class Planner:
                                                       request.max_tokens)
                     # Accuracy as the deadline leaves it: branches still running then are cut,
                     # and only the finished ones vote (a lone long branch is the risky plan).
-                    accuracy = self._accuracy(load.model_id, method, branches, finish)
+                    accuracy = self._accuracy(load.model_id, method, branches,
+                                              prediction.tokens_by(request.budget_s), request.max_tokens)
                     # Rank: fits the budget (expected longest branch), then expected accuracy
                     # as the deadline leaves it (log B as a proxy when uncalibrated), then lower
                     # predicted latency.
