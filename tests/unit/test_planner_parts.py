@@ -4,7 +4,12 @@ import pytest
 from pydantic import ValidationError
 
 from tts_ray.config import AppConfig
-from tts_ray.planner.calibration import ModelCalibration, TokenLimitedAccuracy, accuracy_by_tokens, accuracy_curves
+from tts_ray.planner.calibration import (
+    ModelCalibration,
+    TokenLimitedAccuracy,
+    accuracy_by_tokens,
+    accuracy_curves,
+)
 from tts_ray.planner.early_stop import EarlyStopRule, prob_final_vote_unchanged, prob_leader_ahead, simulate
 from tts_ray.planner.keeper import BranchObservation, BudgetKeeper
 from tts_ray.planner.planner import Infeasible, PlanRequest
