@@ -140,8 +140,15 @@ class GeneratorPoolConfig(_Strict):
         description="Pools naming the same group share one device (the node's CPU cores, or one GPU "
                     "split with num_gpus below 1): while several of them decode, each gets its "
                     "share of the device, so the planner multiplies a pool's profiled seconds per "
-                    "token by the number of the group's pools with branches in flight. None: the "
-                    "pool's replicas have devices of their own.")
+                    "token by the number of the group's pools with branches in flight (weighted by "
+                    "compute_group_slowdown). None: the pool's replicas have devices of their own.")
+    compute_group_slowdown: float = Field(
+        1.0, ge=0, le=1,
+        description="How much each other busy pool of the compute group slows this one, as a share "
+                    "of its profiled seconds per token: 1.0 when they time-share one device evenly "
+                    "(engines bound to the same cores, or one GPU); less when each engine has cores "
+                    "of its own and they share only memory bandwidth and the node's other work "
+                    "(bench/contention.py measures it).")
     max_model_len: int = Field(MAX_MODEL_LEN, ge=16, description="Context length of the engine.")
     gpu_memory_utilization: float = Field(CPU_GPU_MEMORY_UTILIZATION, gt=0, le=1,
                                           description="vLLM memory share (KV cache size on GPU).")

@@ -104,6 +104,7 @@ IDLE_TIMEOUT_S = 600
 EVAL_JOB_TTL_S = 600
 
 Flavor = Literal["cpu", "gpu"]
+CPU_THREADS_BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"  # fixed cores in a local config; not on a cluster
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,12 @@ def serve_config_for_cluster(data: dict[str, Any]) -> dict[str, Any]:
     """A Serve config as it runs in a KubeRay cluster: proxies on every node, listening on all
     interfaces, so KubeRay's Serve service reaches them; the routers require API keys
     (``router.require_api_keys``), so an empty key Secret stops the app from starting instead
-    of leaving the service open. Otherwise the applications are unchanged.
+    of leaving the service open; and no engine is bound to fixed cores: a pod's cores are not
+    known in advance (the kubelet's static CPU manager hands a Guaranteed pod cores of its
+    choosing), so ``VLLM_CPU_OMP_THREADS_BIND`` is dropped for vLLM's "auto" binding within
+    the pod, under which the engines of one pod share its cores again
+    (``compute_group_slowdown`` back to its default, 1.0). Otherwise the applications are
+    unchanged.
 
     Raises:
         ValueError: an HTTP port other than the one the Serve service targets.
@@ -204,8 +210,16 @@ def serve_config_for_cluster(data: dict[str, Any]) -> dict[str, Any]:
     if http.get("port", SERVE_PORT) != SERVE_PORT:
         raise ValueError(f"http_options.port must be {SERVE_PORT} (KubeRay's Serve service port)")
     for application in config.get("applications") or []:
-        router = application.setdefault("args", {}).setdefault("router", {})
-        router["require_api_keys"] = True
+        args = application.setdefault("args", {})
+        args.setdefault("router", {})["require_api_keys"] = True
+        for section in [*(args.get("generators") or []), args.get("reward") or {}]:
+            env = (section.get("runtime_env") or {}).get("env_vars") or {}
+            if env.pop(CPU_THREADS_BIND_ENV, None) is not None:
+                section.pop("compute_group_slowdown", None)
+                if not env:
+                    section["runtime_env"].pop("env_vars")
+                if not section["runtime_env"]:
+                    section.pop("runtime_env")
     config["proxy_location"] = "EveryNode"
     config["http_options"] = {**http, "host": "0.0.0.0", "port": SERVE_PORT}
     return config

@@ -160,11 +160,11 @@ def test_keeper_learns_the_live_speed_and_the_prediction_error():
     assert slower.predicted_parts_s["decode"] == pytest.approx(100 * 0.01 * 1.5)
 
 
-def _shared_keeper(group: str | None = "node"):
+def _shared_keeper(group: str | None = "node", slowdown: float = 1.0):
     """Two one-replica pools of one model, k=0, both profiled at 0.01 s per token, flat."""
     config = AppConfig.model_validate({"generators": [
         {"name": name, "model_id": "m", "model_source": "x", "max_ongoing_requests": 16,
-         "compute_group": group} for name in ("a", "b")]})
+         "compute_group": group, "compute_group_slowdown": slowdown} for name in ("a", "b")]})
     curve = SpeedCurve(num_speculative_tokens=0, concurrency=[1, 64], seconds_per_token=[0.01, 0.01])
     prof = ClusterProfile(device="x", pools={name: PoolProfile(model_id="m", curves=[curve]) for name in "ab"})
     return BudgetKeeper(config, prof, None, ewma_alpha=0.5, clock=FakeClock())
@@ -208,6 +208,21 @@ def test_contention_doubles_the_prediction_and_is_divided_out_of_the_speed_facto
                                    num_speculative_tokens=4))
     keeper.release("r2", [BranchObservation(num_tokens=100, elapsed_s=2.0)])
     assert keeper.status()["pools"][idle]["speed_factor"] == pytest.approx(1.5)  # EWMA towards 2
+
+
+def test_engines_with_cores_of_their_own_slow_each_other_by_the_configured_share():
+    keeper = _shared_keeper(slowdown=0.4)
+    keeper.admit("busy", PlanRequest(budget_s=100, max_tokens=100, method="majority", branches=4))
+    idle = "b" if keeper.admitted["busy"].pool == "a" else "a"
+    assert keeper.status()["pools"][idle]["contention"] == pytest.approx(1.4)
+    keeper.loads[idle].num_speculative_tokens = 4
+    keeper.latency.profile.pools[idle].curves[0].num_speculative_tokens = 4
+    plan = keeper.admit("r", PlanRequest(budget_s=100, max_tokens=100, method="majority", branches=1,
+                                         num_speculative_tokens=4))
+    assert plan.predicted_parts_s["decode"] == pytest.approx(100 * 0.01 * 1.4)
+    with pytest.raises(ValidationError):
+        AppConfig.model_validate({"generators": [{"name": "a", "model_id": "m", "model_source": "x",
+                                                  "compute_group_slowdown": 1.5}]})
 
 
 def test_pools_without_a_compute_group_do_not_interact():

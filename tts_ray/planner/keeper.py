@@ -50,7 +50,7 @@ class _Admitted:
     branches: int
     concurrency: int
     admitted_at: float
-    contention: int = 1  # engines sharing the pool's device when it was admitted
+    contention: float = 1.0  # the pool's contention factor when it was admitted
 
 
 class BudgetKeeper:
@@ -79,7 +79,7 @@ class BudgetKeeper:
                 model_id=pool.model_id,
                 num_speculative_tokens=pool.speculative.num_speculative_tokens if pool.speculative else 0,
                 replicas=max(1, replicas), slots_per_replica=pool.max_ongoing_requests,
-                compute_group=pool.compute_group)
+                compute_group=pool.compute_group, group_slowdown=pool.compute_group_slowdown)
         self.tokens_per_step: dict[str, float | None] = dict.fromkeys(self.loads)
         self.admitted: dict[str, _Admitted] = {}
         self.counts = {"admitted": 0, "rejected": 0, "released": 0}

@@ -27,12 +27,14 @@ class PoolLoad:
     speed_factor: float = 1.0  # observed / profiled seconds per token (EWMA of live requests)
     compute_group: str | None = None  # pools of one group share a device (config.compute_group)
     co_busy: int = 0  # other pools of the group with branches in flight (set by the keeper)
+    group_slowdown: float = 1.0  # what each busy co-group pool adds (config.compute_group_slowdown)
 
     @property
-    def contention(self) -> int:
-        """How many engines share this pool's device while it decodes: its own and the busy
-        ones of its compute group (each gets about that share of the device)."""
-        return 1 + self.co_busy
+    def contention(self) -> float:
+        """The factor on this pool's profiled time while it decodes: 1, plus
+        ``group_slowdown`` for each busy pool of its compute group (with 1.0, n engines
+        time-sharing a device each get 1/n of it)."""
+        return 1 + self.group_slowdown * self.co_busy
 
 
 @dataclass
