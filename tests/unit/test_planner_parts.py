@@ -170,6 +170,25 @@ def _shared_keeper(group: str | None = "node", slowdown: float = 1.0):
     return BudgetKeeper(config, prof, None, ewma_alpha=0.5, clock=FakeClock())
 
 
+def test_the_live_speed_factor_is_learned_per_concurrency_band():
+    keeper = _keeper()  # 2 replicas, 0.01 s per token at any concurrency, EWMA alpha 0.5
+    keeper.admit("big", PlanRequest(budget_s=100, max_tokens=100, method="majority", branches=16))
+    keeper.release("big", [BranchObservation(num_tokens=100, elapsed_s=4.0)])  # 8 a replica, 4x slow
+    load = keeper.loads["a"]
+    assert load.speed_factor_at(8) == pytest.approx(2.5)
+    assert load.speed_factor_at(1) == pytest.approx(2.5)  # nothing learned alone yet: the nearest band
+    for i in range(2):  # one branch at the profiled speed, twice
+        keeper.admit(f"one{i}", PlanRequest(budget_s=100, max_tokens=100, method="majority", branches=1))
+        keeper.release(f"one{i}", [BranchObservation(num_tokens=100, elapsed_s=1.0)])
+    assert load.speed_factor_at(1) == pytest.approx(1.375)  # from its neighbour's 2.5 towards 1
+    assert load.speed_factor_at(3) == pytest.approx(2.5) and load.speed_factor_at(2) == pytest.approx(1.375)
+    status = keeper.status()["pools"]["a"]
+    assert status["speed_factor_by_concurrency"] == {"<=1": 1.375, "<=8": 2.5}
+    assert status["speed_factor"] == pytest.approx(1.375)  # idle: one sequence
+    alone = keeper.admit("next", PlanRequest(budget_s=100, max_tokens=100, method="majority", branches=1))
+    assert alone.predicted_parts_s["decode"] == pytest.approx(100 * 0.01 * 1.375)
+
+
 def test_pools_sharing_a_device_slow_each_other_down():
     keeper = _shared_keeper()
     request = PlanRequest(budget_s=100, max_tokens=100, method="majority", branches=2)

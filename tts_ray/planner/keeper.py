@@ -13,7 +13,7 @@ from typing import Any
 from tts_ray.config import AppConfig
 from tts_ray.eval.stats import percentile
 from tts_ray.planner.calibration import Calibration
-from tts_ray.planner.latency import LatencyModel, PoolLoad
+from tts_ray.planner.latency import LatencyModel, PoolLoad, concurrency_band
 from tts_ray.planner.planner import Plan, Planner, PlanRequest
 from tts_ray.planner.profile import ClusterProfile
 
@@ -163,12 +163,12 @@ class BudgetKeeper:
             self._observe(entry, obs, contention)
 
     def _fade_speed_factors(self) -> None:
-        """Move each pool's speed factor towards 1 (the profile) by the time since it was
+        """Move each pool's speed factors towards 1 (the profile) by the time since it was
         last updated: half the distance per ``SPEED_FACTOR_HALF_LIFE_S``."""
         now = self.clock()
         for name, load in self.loads.items():
             fade = 0.5 ** ((now - self.speed_updated_at[name]) / SPEED_FACTOR_HALF_LIFE_S)
-            load.speed_factor = 1.0 + (load.speed_factor - 1.0) * fade
+            load.speed_factors = {band: 1.0 + (f - 1.0) * fade for band, f in load.speed_factors.items()}
             self.speed_updated_at[name] = now
 
     def _refresh_contention(self) -> None:
@@ -193,7 +193,8 @@ class BudgetKeeper:
         observed_spt = max(obs.elapsed_s - curve.prefill_s * contention, 1e-6) / obs.num_tokens
         ratio = min(max(observed_spt / predicted_spt, SPEED_FACTOR_RANGE[0]), SPEED_FACTOR_RANGE[1])
         self._fade_speed_factors()
-        load.speed_factor += self.ewma_alpha * (ratio - load.speed_factor)
+        current = load.speed_factor_at(entry.concurrency)  # a new band starts from its neighbour
+        load.speed_factors[concurrency_band(entry.concurrency)] = current + self.ewma_alpha * (ratio - current)
 
     def set_replicas(self, pool: str, replicas: int) -> None:
         """Follow autoscaling: the running replica count of ``pool``."""
@@ -206,7 +207,10 @@ class BudgetKeeper:
             "pools": {name: {"model_id": l.model_id, "num_speculative_tokens": l.num_speculative_tokens,
                              "replicas": l.replicas, "slots": l.slots_per_replica * l.replicas,
                              "inflight_branches": l.inflight_branches, "active_requests": l.active_requests,
-                             "speed_factor": round(l.speed_factor, 4),
+                             # at the concurrency in flight now (one sequence when idle)
+                             "speed_factor": round(l.speed_factor_at(math.ceil(l.inflight_branches / l.replicas)), 4),
+                             "speed_factor_by_concurrency": {f"<={2 ** band}": round(f, 4)
+                                                             for band, f in sorted(l.speed_factors.items())},
                              "compute_group": l.compute_group, "contention": l.contention,
                              "tokens_per_step": self.tokens_per_step[name],
                              "prediction_error": _error_summary(self.errors_by_pool[name])}

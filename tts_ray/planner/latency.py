@@ -13,6 +13,12 @@ SCORED = frozenset({"weighted_majority", "best_of_n", "beam_search", "dvts"})
 SEARCH = frozenset({"beam_search", "dvts"})
 
 
+def concurrency_band(concurrency: int) -> int:
+    """The band of the live speed correction: ceil(log2(sequences per replica)), so 1, 2,
+    3-4, 5-8, ... sequences share a factor."""
+    return max(0, math.ceil(math.log2(max(1, concurrency))))
+
+
 @dataclass
 class PoolLoad:
     """What the planner knows about a pool right now."""
@@ -24,10 +30,22 @@ class PoolLoad:
     inflight_branches: int = 0
     active_requests: int = 0
     recent_requests: float = 0.0  # EWMA of the requests in flight at recent admissions
-    speed_factor: float = 1.0  # observed / profiled seconds per token (EWMA of live requests)
+    # observed / profiled seconds per token (EWMA of live branches), per concurrency band
+    speed_factors: dict[int, float] = field(default_factory=dict)
     compute_group: str | None = None  # pools of one group share a device (config.compute_group)
     co_busy: int = 0  # other pools of the group with branches in flight (set by the keeper)
     group_slowdown: float = 1.0  # what each busy co-group pool adds (config.compute_group_slowdown)
+
+    def speed_factor_at(self, concurrency: int) -> float:
+        """The live correction at ``concurrency`` sequences per replica: the factor learned in
+        its band (``concurrency_band``), else in the nearest band learned, else 1 (the profile).
+        Banded because the profile's error depends on the load: a factor learned while 16-branch
+        requests overran the engine (4.8x on the testbed) says nothing about one branch alone,
+        and as one number it sent the next requests to the other pool."""
+        if not self.speed_factors:
+            return 1.0
+        band = concurrency_band(concurrency)
+        return self.speed_factors[min(self.speed_factors, key=lambda b: (abs(b - band), b))]
 
     @property
     def contention(self) -> float:
@@ -66,7 +84,7 @@ class Prediction:
 
 class LatencyModel:
     """``predict`` = prefill + E[longest branch] x seconds-per-token(concurrency per replica)
-    x contention x live speed factor + reward scoring + merge time (the configured merge
+    x contention x live speed factor (at that concurrency) + reward scoring + merge time (the configured merge
     margin); ``deadline_reserve_s`` (set by the keeper: its learned margin beyond the configured
     one) is kept free before the deadline but is not part of the predicted latency.
 
@@ -104,7 +122,8 @@ class LatencyModel:
         curve = self.profile.pools[pool].curve(load.num_speculative_tokens)
         concurrency = math.ceil((load.inflight_branches + branches) / max(1, load.replicas))
         tokens = self.expected_tokens(load.model_id, branches, max_tokens)
-        seconds_per_token = curve.seconds_per_token_at(concurrency) * load.contention * load.speed_factor
+        seconds_per_token = (curve.seconds_per_token_at(concurrency) * load.contention
+                             * load.speed_factor_at(concurrency))
         decode_s = tokens * seconds_per_token
         parts = {"prefill": curve.prefill_s * load.contention, "decode": decode_s, "merge": self.merge_margin_s}
         if method in SCORED and self.profile.scoring is not None:
