@@ -13,6 +13,12 @@ time over the same ARITH-500 prompts (the target's chat template, greedy, ``--ma
    (``engine_s``);
 4. ``keeper``: one admit + release round trip to the budget deployment.
 
+Before the app starts, and again beside it while it idles, the same prompts run on an
+in-process ``vllm.LLM`` built as ``tts-ray bench`` builds its one-sample peer
+(``in_process_alone``, ``in_process_beside_service``): their ratio is what the idle Ray
+cluster and Serve app cost an engine on this machine, a part of ``tts-ray bench``'s router
+overhead that no hop explains.
+
 The differences between layers say what each hop costs. Run it alone on the machine.
 """
 
@@ -46,6 +52,7 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=20, help="ARITH-500 problems")
     parser.add_argument("--max-tokens", type=int, default=160)
     parser.add_argument("--repeats", type=int, default=2, help="passes over the problems (layers interleaved)")
+    parser.add_argument("--no-in-process", action="store_true", help="skip the in-process engine layers")
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/overhead.json")
     args = parser.parse_args()
 
@@ -61,16 +68,46 @@ def main() -> int:
     app_config = _app_config(args.config)
     pool = next((p for p in app_config.generators if p.name == args.pool), app_config.generators[0])
     k = pool.speculative.num_speculative_tokens if pool.speculative else 0
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(pool.model_source))
+    problems = load_dataset("arith500", limit=args.limit).problems
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p.problem}], tokenize=False,
+                                           add_generation_prompt=True) for p in problems]
+    in_process: dict[str, list[float]] = {}
+    llm = None
+    if not args.no_in_process:
+        from vllm import SamplingParams
+
+        from tts_ray.engines import vllm_offline
+
+        engine_kwargs = {"max_model_len": pool.max_model_len, "gpu_memory_utilization": pool.gpu_memory_utilization,
+                         **pool.engine_kwargs}
+        if pool.speculative is not None:
+            engine_kwargs["speculative_config"] = pool.speculative.to_vllm()
+        llm = vllm_offline.generator_llm(resolve_model_source(pool.model_source), **engine_kwargs)
+        greedy = SamplingParams(n=1, temperature=0.0, max_tokens=args.max_tokens)
+        prompts = [{"prompt_token_ids": tokenizer.encode(t, add_special_tokens=False)} for t in texts]
+
+        def in_process_pass(layer: str) -> None:
+            for prompt in prompts:  # the first pass warms up and is not counted
+                llm.generate([prompt], greedy, use_tqdm=False)
+            in_process[layer] = []
+            for _ in range(args.repeats):
+                for prompt in prompts:
+                    t0 = time.perf_counter()
+                    llm.generate([prompt], greedy, use_tqdm=False)
+                    in_process[layer].append(time.perf_counter() - t0)
+
+        in_process_pass("in_process_alone")
     url = args.url
     started_here = url is None
     if started_here:
         from tts_ray.serve.local import start_app
 
         url = start_app(args.config, quiet=True)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(pool.model_source))
-    problems = load_dataset("arith500", limit=args.limit).problems
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p.problem}], tokenize=False,
-                                           add_generation_prompt=True) for p in problems]
+    if llm is not None:
+        time.sleep(10)  # the app settles: replicas report ready, the controller's loop idles
+        in_process_pass("in_process_beside_service")
+        vllm_offline.shutdown(llm)  # its engine process would compete with the service's below
     generator = serve.get_deployment_handle(f"generator-{pool.name}", app_name=args.app)
     keeper = serve.get_deployment_handle("budget", app_name=args.app)
     layers: dict[str, list[float]] = {"http": [], "router_total": [], "router_generate": [],
@@ -115,8 +152,18 @@ def main() -> int:
     finally:
         if started_here:
             serve.shutdown()
-    figures = {name: _summary(values) for name, values in layers.items()}
+    figures = {name: _summary(values) for name, values in {**in_process, **layers}.items()}
     mean = {name: f["mean_ms"] for name, f in figures.items()}
+    if in_process:
+        figures["ratios"] = {
+            "idle_service_slows_an_engine (beside / alone)":
+                round(mean["in_process_beside_service"] / mean["in_process_alone"], 3),
+            "engine_in_replica_vs_alone (engine / in_process_alone)":
+                round(mean["engine"] / mean["in_process_alone"], 3),
+            "http_vs_engine_in_replica (http / engine)": round(mean["http"] / mean["engine"], 3),
+            "http_vs_alone (http / in_process_alone: tts-ray bench's router overhead)":
+                round(mean["http"] / mean["in_process_alone"], 3),
+        }
     figures["hops_ms"] = {
         "proxy_and_http (http - router_total)": round(mean["http"] - mean["router_total"], 2),
         "router_outside_generation (router_total - router_generate)":
