@@ -36,7 +36,7 @@ def _variant(config: Path, keep_binding: bool, out: Path) -> tuple[Path, list[di
     data = yaml.safe_load(config.read_text())
     args = data["applications"][0]["args"]
     for section in [*args["generators"], args.get("reward") or {}]:
-        env = section.get("runtime_env", {}).get("env_vars", {})
+        env = (section.get("runtime_env") or {}).get("env_vars") or {}
         if not keep_binding:
             env.pop(BIND, None)
     out.write_text(yaml.safe_dump(data))

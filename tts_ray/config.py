@@ -138,10 +138,10 @@ class GeneratorPoolConfig(_Strict):
     compute_group: str | None = Field(
         None, pattern=r"^[A-Za-z0-9_.-]+$",
         description="Pools naming the same group share one device (the node's CPU cores, or one GPU "
-                    "split with num_gpus below 1): while several of them decode, each gets its "
-                    "share of the device, so the planner multiplies a pool's profiled seconds per "
-                    "token by the number of the group's pools with branches in flight (weighted by "
-                    "compute_group_slowdown). None: the pool's replicas have devices of their own.")
+                    "split with num_gpus below 1): while several of them decode they slow each "
+                    "other, so the planner multiplies a pool's profiled seconds per token by 1 + "
+                    "compute_group_slowdown x the number of the group's other pools with branches "
+                    "in flight. None: the pool's replicas have devices of their own.")
     compute_group_slowdown: float = Field(
         1.0, ge=0, le=1,
         description="How much each other busy pool of the compute group slows this one, as a share "

@@ -212,6 +212,7 @@ def serve_config_for_cluster(data: dict[str, Any]) -> dict[str, Any]:
     for application in config.get("applications") or []:
         args = application.setdefault("args", {})
         args.setdefault("router", {})["require_api_keys"] = True
+        ((application.get("runtime_env") or {}).get("env_vars") or {}).pop(CPU_THREADS_BIND_ENV, None)
         for section in [*(args.get("generators") or []), args.get("reward") or {}]:
             env = (section.get("runtime_env") or {}).get("env_vars") or {}
             if env.pop(CPU_THREADS_BIND_ENV, None) is not None:

@@ -364,6 +364,10 @@ def test_accuracy_within_prefers_the_table_and_falls_back_to_independent_branche
     assert model.accuracy_within("single", 1, 20, 100) == pytest.approx(0.3)
     with pytest.raises(ValidationError):
         TokenLimitedAccuracy(tokens=[], accuracy={})
+    with pytest.raises(ValidationError):  # limits must ascend
+        TokenLimitedAccuracy(tokens=[100, 20], accuracy={"majority": [[0.2, 0.6]]})
+    with pytest.raises(ValidationError):  # one value per limit
+        TokenLimitedAccuracy(tokens=[20, 100], accuracy={"majority": [[0.2]]})
 
 
 def test_calibration_from_samples_rebuilds_the_file_without_engines():
@@ -377,6 +381,11 @@ def test_calibration_from_samples_rebuilds_the_file_without_engines():
     assert model.accuracy_within("majority", 3, 30, 100) == pytest.approx(0.5 + 0.5 * 10 / 40)
     with pytest.raises(ValueError):
         calibration_from_samples([], dataset="d", max_tokens=100)
+    with pytest.raises(ValueError, match="max_tokens"):  # drawn with a larger max_tokens than given
+        calibration_from_samples(rows, dataset="d", max_tokens=50, log=lambda _: None)
+    short = [{**rows[0], "lengths": [20] * 3}, rows[1]]
+    with pytest.raises(ValueError, match="samples"):
+        accuracy_by_tokens(short, max_tokens=100)
 
 
 def test_a_burst_of_requests_shrinks_each_ones_fair_share_before_the_pool_fills():

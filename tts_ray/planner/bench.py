@@ -10,7 +10,9 @@ loose budget. Figures:
   request of the run, in ms (negative: answers came before their deadline);
 - ``auto_gap_points``: the largest, over budgets, of (best fixed accuracy - auto accuracy)
   in accuracy points (<= 0: auto matched or beat every fixed configuration), and
-  ``auto_gap_ci95_points``, the 95% interval of that budget's gap (independent runs);
+  ``auto_gap_ci95_points``, that budget's gap's 95% interval as for two independent runs
+  (wider than a paired one on the same problems, and not corrected for picking the best of
+  the fixed rows after the fact);
 - ``early_stop_token_saving`` and ``early_stop_accuracy_drop_points``;
 - the latency model's prediction error as the service reports it (``/v1/tts/status``).
 """

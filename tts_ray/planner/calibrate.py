@@ -95,10 +95,15 @@ def calibration_from_samples(rows: Sequence[dict], dataset: str, max_tokens: int
     """Rebuild a calibration from a ``--samples-out`` file's rows, without engines.
 
     Raises:
-        ValueError: no rows, or one model's problems with different sample counts.
+        ValueError: no rows, one model's problems with different sample counts, or a sample
+            longer than ``max_tokens`` (the file was drawn with a larger max_tokens).
     """
     if not rows:
         raise ValueError("no samples")
+    longest = max(n for row in rows for n in row["lengths"])
+    if longest > max_tokens:
+        raise ValueError(f"a sample has {longest} tokens, more than max_tokens={max_tokens}: "
+                         "give the max_tokens the samples were drawn with")
     by_model: dict[str, list[dict]] = {}
     for row in rows:
         by_model.setdefault(row["model_id"], []).append(row)

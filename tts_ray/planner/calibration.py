@@ -17,7 +17,7 @@ import math
 import random
 from collections.abc import Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tts_ray.planner.profile import JsonFile
 
@@ -35,6 +35,15 @@ class TokenLimitedAccuracy(BaseModel):
     accuracy: dict[str, list[list[float]]] = Field(
         ..., description="Per method, [B - 1][j]: accuracy at B branches when the branches longer "
                          "than tokens[j] are cut and the rest vote (none left: wrong).")
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> TokenLimitedAccuracy:
+        if any(t <= 0 for t in self.tokens) or any(a >= b for a, b in zip(self.tokens, self.tokens[1:])):
+            raise ValueError("tokens must be positive and strictly ascending")
+        for method, rows in self.accuracy.items():
+            if not rows or any(len(row) != len(self.tokens) for row in rows):
+                raise ValueError(f"accuracy[{method!r}] needs one value per token limit in every row")
+        return self
 
     def at(self, method: str, branches: int, tokens: float) -> float | None:
         """Interpolated accuracy of ``method`` with ``branches`` within ``tokens`` (linear
@@ -207,13 +216,13 @@ def accuracy_by_tokens(problems: Sequence[dict], max_tokens: int, max_branches: 
     samples, each token limit T leaves the branches of length <= T to vote.
 
     Raises:
-        ValueError: no problems, or a problem without lengths.
+        ValueError: no problems, or problems with other sample counts or without lengths.
     """
     if not problems:
         raise ValueError("no problems to calibrate on")
-    if any(not p.get("lengths") for p in problems):
-        raise ValueError("every problem needs its samples' lengths")
     samples = len(problems[0]["answers"])
+    if any(len(p["answers"]) != samples or len(p.get("lengths") or []) != samples for p in problems):
+        raise ValueError(f"every problem needs {samples} samples, each with its length")
     top = min(samples, max_branches or samples)
     limits = token_limits([x for p in problems for x in p["lengths"]], max_tokens)
     scored = all(p.get("scores") is not None for p in problems)
