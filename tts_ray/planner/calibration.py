@@ -241,8 +241,7 @@ def accuracy_by_tokens(problems: Sequence[dict], max_tokens: int, max_branches: 
             for idx in subsets:
                 for j, limit in enumerate(limits):
                     # a branch cut by the deadline has no answer to vote with
-                    answers = [p["answers"][i] if p["lengths"][i] <= limit or limit >= max_tokens else None
-                               for i in idx]
+                    answers = [p["answers"][i] if p["lengths"][i] <= limit else None for i in idx]
                     if all(a is None for a in answers):
                         continue
                     weights = [p["scores"][i] for i in idx] if scored else [1.0] * branches

@@ -138,14 +138,13 @@ class Planner:
                     counts = [1] if single_only else range(1, min(request.max_branches, share) + 1)
                 for branches in counts:
                     considered += 1
-                    if branches == 1:  # 429 only when one branch cannot make it under today's load
-                        now = self.latency.predict(name, load, method, 1, request.max_tokens)
-                        if quickest_single is None or now.needed_s < quickest_single[0]:
-                            quickest_single = (now.needed_s, name)
                     planning_load = self._planning_load(load, branches) if request.branches is None else load
                     prediction = self.latency.predict(name, planning_load, method, branches, request.max_tokens)
-                    finish = self._finish_probability(load.model_id, prediction, request.budget_s,
-                                                      request.max_tokens)
+                    if branches == 1:  # 429 only when one branch cannot make it under today's load
+                        now = prediction if planning_load is load else \
+                            self.latency.predict(name, load, method, 1, request.max_tokens)
+                        if quickest_single is None or now.needed_s < quickest_single[0]:
+                            quickest_single = (now.needed_s, name)
                     # Accuracy as the deadline leaves it: branches still running then are cut,
                     # and only the finished ones vote (a lone long branch is the risky plan).
                     accuracy = self._accuracy(load.model_id, method, branches,
@@ -157,7 +156,7 @@ class Planner:
                     value = accuracy if accuracy is not None else math.log(branches) / 100
                     key = (fits, value if fits else -prediction.needed_s, -prediction.needed_s)
                     if best is None or key > best[0]:
-                        best = (key, name, method, branches, prediction, accuracy, share, finish)
+                        best = (key, name, method, branches, prediction, accuracy, share)
         if quickest_single is None:
             # Fixed B > 1 was asked for: check that one branch could still make it.
             for name, load in profiled.items():
@@ -168,8 +167,9 @@ class Planner:
             wait_s = max(1.0, math.ceil(quickest_single[0] - request.budget_s))
             raise Infeasible(f"latency_budget_s={request.budget_s:g} cannot be met: one branch is "
                              f"predicted to take {quickest_single[0]:.2f}s now", wait_s, quickest_single[0])
-        _, name, method, branches, prediction, accuracy, share, finish = best
+        _, name, method, branches, prediction, accuracy, share = best
         load = profiled[name]
+        finish = self._finish_probability(load.model_id, prediction, request.budget_s, request.max_tokens)
         return Plan(pool=name, model_id=load.model_id, method=method, num_branches=branches,
                     num_speculative_tokens=load.num_speculative_tokens, predicted_s=prediction.total_s,
                     expected_accuracy=accuracy, auto=auto, fair_share=share if auto else None,
