@@ -124,6 +124,20 @@ def test_an_auto_plan_in_a_burst_leaves_time_for_the_requests_behind_it():
     assert burst.predicted_parts_s["decode"] == pytest.approx(100 * 0.0105)
 
 
+def test_requests_already_admitted_keep_their_branches_in_the_prediction():
+    planner, loads = setup(SPEC_NEVER_PAYS)
+    for load in loads.values():  # 8 one-branch requests in flight on each pool, as many as lately
+        load.inflight_branches = load.active_requests = 8
+        load.recent_requests, load.cluster_active_requests = 16.0, 16
+    plan = planner.plan(request(1.5, method="majority"), loads)
+    # Nobody else is expected: the fair share (64 slots among 17 requests) allows 3, and
+    # 8 in flight + 3 stays on the flat part. Sized as if the 16 in flight ran B each, 3
+    # branches would be predicted at 16 x 3 + 3 = 51 sequences, on the steep part.
+    assert plan.fair_share == 64 // 17 == plan.num_branches
+    # plain pool at 11 sequences (8 in flight + its 3): 10.2 ms at 8, 10.5 at 16, interpolated
+    assert plan.pool == "plain" and plan.predicted_parts_s["decode"] == pytest.approx(100 * 0.0103125)
+
+
 def test_a_burst_too_large_for_one_branch_each_still_gets_one_branch_not_429():
     planner, loads = setup(SPEC_NEVER_PAYS)
     for load in loads.values():

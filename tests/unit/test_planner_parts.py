@@ -176,17 +176,24 @@ def test_the_live_speed_factor_is_learned_per_concurrency_band():
     keeper.release("big", [BranchObservation(num_tokens=100, elapsed_s=4.0)])  # 8 a replica, 4x slow
     load = keeper.loads["a"]
     assert load.speed_factor_at(8) == pytest.approx(2.5)
-    assert load.speed_factor_at(1) == pytest.approx(2.5)  # nothing learned alone yet: the nearest band
-    for i in range(2):  # one branch at the profiled speed, twice
+    assert load.speed_factor_at(4) == pytest.approx(2.5)  # the band next to it borrows
+    assert load.speed_factor_at(16) == pytest.approx(2.5)
+    assert load.speed_factor_at(1) == 1.0  # two bands away or more: the profile, not a distant load
+    assert load.speed_factor_at(64) == 1.0
+    for i in range(2):  # one branch, twice as slow as profiled, twice
         keeper.admit(f"one{i}", PlanRequest(budget_s=100, max_tokens=100, method="majority", branches=1))
-        keeper.release(f"one{i}", [BranchObservation(num_tokens=100, elapsed_s=1.0)])
-    assert load.speed_factor_at(1) == pytest.approx(1.375)  # from its neighbour's 2.5 towards 1
-    assert load.speed_factor_at(3) == pytest.approx(2.5) and load.speed_factor_at(2) == pytest.approx(1.375)
+        keeper.release(f"one{i}", [BranchObservation(num_tokens=100, elapsed_s=2.0)])
+    assert load.speed_factor_at(1) == pytest.approx(1.75)  # from the profile's 1 towards 2, twice
+    assert load.speed_factor_at(2) == pytest.approx(1.75)  # band 1: only band 0 next to it is learned
+    assert load.speed_factor_at(3) == pytest.approx(2.5) and load.speed_factor_at(8) == pytest.approx(2.5)
+    load.speed_factors[2] = 2.0  # 3-4 sequences learned too: band 1 takes the mean of both neighbours
+    assert load.speed_factor_at(2) == pytest.approx((1.75 + 2.0) / 2)
+    del load.speed_factors[2]
     status = keeper.status()["pools"]["a"]
-    assert status["speed_factor_by_concurrency"] == {"<=1": 1.375, "<=8": 2.5}
-    assert status["speed_factor"] == pytest.approx(1.375)  # idle: one sequence
+    assert status["speed_factor_by_concurrency"] == {"<=1": 1.75, "<=8": 2.5}
+    assert status["speed_factor"] == pytest.approx(1.75)  # idle: one sequence
     alone = keeper.admit("next", PlanRequest(budget_s=100, max_tokens=100, method="majority", branches=1))
-    assert alone.predicted_parts_s["decode"] == pytest.approx(100 * 0.01 * 1.375)
+    assert alone.predicted_parts_s["decode"] == pytest.approx(100 * 0.01 * 1.75)
 
 
 def test_pools_sharing_a_device_slow_each_other_down():

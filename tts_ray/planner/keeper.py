@@ -113,7 +113,7 @@ class BudgetKeeper:
         active = sum(load.active_requests for load in self.loads.values())
         self.recent_requests += RECENT_REQUESTS_ALPHA * (active - self.recent_requests)
         for load in self.loads.values():
-            load.recent_requests = self.recent_requests
+            load.recent_requests, load.cluster_active_requests = self.recent_requests, active
         margin_s = self.merge_margin_s()
         if self.latency is not None:
             # plans keep the margin in force free before the deadline
@@ -193,7 +193,7 @@ class BudgetKeeper:
         observed_spt = max(obs.elapsed_s - curve.prefill_s * contention, 1e-6) / obs.num_tokens
         ratio = min(max(observed_spt / predicted_spt, SPEED_FACTOR_RANGE[0]), SPEED_FACTOR_RANGE[1])
         self._fade_speed_factors()
-        current = load.speed_factor_at(entry.concurrency)  # a new band starts from its neighbour
+        current = load.speed_factor_at(entry.concurrency)  # a new band starts from its neighbours or 1
         load.speed_factors[concurrency_band(entry.concurrency)] = current + self.ewma_alpha * (ratio - current)
 
     def set_replicas(self, pool: str, replicas: int) -> None:

@@ -29,7 +29,8 @@ class PoolLoad:
     slots_per_replica: int
     inflight_branches: int = 0
     active_requests: int = 0
-    recent_requests: float = 0.0  # EWMA of the requests in flight at recent admissions
+    recent_requests: float = 0.0  # EWMA of the requests in flight (all pools) at recent admissions
+    cluster_active_requests: int = 0  # requests in flight on all pools now (set by the keeper)
     # observed / profiled seconds per token (EWMA of live branches), per concurrency band
     speed_factors: dict[int, float] = field(default_factory=dict)
     compute_group: str | None = None  # pools of one group share a device (config.compute_group)
@@ -38,14 +39,17 @@ class PoolLoad:
 
     def speed_factor_at(self, concurrency: int) -> float:
         """The live correction at ``concurrency`` sequences per replica: the factor learned in
-        its band (``concurrency_band``), else in the nearest band learned, else 1 (the profile).
-        Banded because the profile's error depends on the load: a factor learned while 16-branch
-        requests overran the engine (4.8x on the testbed) says nothing about one branch alone,
-        and as one number it sent the next requests to the other pool."""
-        if not self.speed_factors:
-            return 1.0
+        its band (``concurrency_band``); else the mean of the factors learned in the bands
+        right next to it; else 1 (the profile). Banded because the profile's error depends on
+        the load: a factor learned while 16-branch requests overran the engine (4.8x on the
+        testbed) says nothing about one branch alone, and as one number it sent the next
+        requests to the other pool. For the same reason a band never borrows from a band two
+        or more steps away: the profile is the better guess there."""
         band = concurrency_band(concurrency)
-        return self.speed_factors[min(self.speed_factors, key=lambda b: (abs(b - band), b))]
+        if band in self.speed_factors:
+            return self.speed_factors[band]
+        neighbours = [self.speed_factors[b] for b in (band - 1, band + 1) if b in self.speed_factors]
+        return sum(neighbours) / len(neighbours) if neighbours else 1.0
 
     @property
     def contention(self) -> float:

@@ -178,14 +178,19 @@ class Planner:
 
     @staticmethod
     def _planning_load(load: PoolLoad, branches: int) -> PoolLoad:
-        """The load an auto plan of ``branches`` is predicted under: the branches in flight now,
-        or, when more, every recent competitor running a plan of the same size. In a burst the
-        first requests find the pool idle; planned on that alone they would take the time the
-        requests right behind them need, and those would get 429 (seen at concurrency 8: auto
-        answered 9 of 60 requests where B = 1 for all answered 60)."""
-        competitors = max(load.active_requests, round(load.recent_requests))
-        steady = competitors * branches
-        return replace(load, inflight_branches=steady) if steady > load.inflight_branches else load
+        """The load an auto plan of ``branches`` is predicted under: the branches in flight on
+        the pool now, plus ``branches`` for each request expected to arrive (the recent number
+        in flight over all pools, less those in flight now). In a burst the first requests
+        find the pool idle; planned on that alone they would take the time the requests right
+        behind them need, and those would get 429 (seen at concurrency 8: auto answered 9 of 60
+        requests where B = 1 for all answered 60). Requests already admitted keep the branches
+        they have: counting them at ``branches`` too made plans shrink for load that was not
+        there."""
+        in_flight = max(load.cluster_active_requests, load.active_requests)
+        arriving = max(0, round(load.recent_requests) - in_flight)
+        if not arriving:
+            return load
+        return replace(load, inflight_branches=load.inflight_branches + arriving * branches)
 
     @staticmethod
     def _fair_share(load: PoolLoad) -> int:
