@@ -15,7 +15,10 @@ machine. The systems (each a curve of accuracy against mean per-problem latency)
 
 Peers 1-3 run first on in-process engines configured as the service's first generator pool
 (target, draft model, k, context length) and its reward model, and are shut down before the
-service starts: on a small machine both at once would compete for the same cores. The same
+service starts: on a small machine both at once would compete for the same cores. The router
+overhead figure is measured apart, once the service is up: the peers' engine is started again
+beside it and the two answer each problem in alternation (see
+:func:`run_interleaved_overhead`); separate passes drift too much on a small machine. The same
 prompt reaches every system (the target's chat template, tokenized without extra special
 tokens, as the router sends it). Engines start child processes: call :func:`run_bench` only
 under ``if __name__ == "__main__":`` (the CLI does).
@@ -118,19 +121,15 @@ def _progress(iterable, desc: str, enabled: bool, total: int | None = None):
 
 # --- peers 1-3: in-process vLLM, no Ray -------------------------------------------------------
 
-def run_offline_peers(problems: Sequence[Problem], config: BenchConfig) -> list[Measured]:
-    """Measure the one-sample, plain-vLLM and sequential best-of-N peers (engines started
-    and shut down here)."""
-    from vllm import SamplingParams
-
+def _peer_engine(problems: Sequence[Problem], config: BenchConfig):
+    """The in-process ``vllm.LLM`` of the peers, configured as the service's first generator
+    pool (target, draft model, k, context length), and the prompts the router would send for
+    ``problems``: token ids of the chat template's rendering (no special tokens added on top)
+    and the same text without BOS for the PRM. Returns ``(llm, prompts, reward_prompts)``."""
     from tts_ray.config import resolve_model_source
     from tts_ray.engines import vllm_offline
-    from tts_ray.engines.prm import split_solution, tag_steps
-    from tts_ray.methods.base import aggregate_score
-    from tts_ray.methods.voting import best_of_n, majority_vote
 
-    app = _app_config(config.config)
-    pool = app.generators[0]
+    pool = _app_config(config.config).generators[0]
     engine_kwargs = {"max_model_len": pool.max_model_len, "gpu_memory_utilization": pool.gpu_memory_utilization,
                      **pool.engine_kwargs}
     if pool.speculative is not None:
@@ -139,12 +138,26 @@ def run_offline_peers(problems: Sequence[Problem], config: BenchConfig) -> list[
     tokenizer = llm.get_tokenizer()
     prompts, reward_prompts = [], []
     for p in problems:
-        # What the router sends: the chat template's rendering, no special tokens added on top.
         text = tokenizer.apply_chat_template([{"role": "user", "content": p.problem}], tokenize=False,
                                              add_generation_prompt=True)
         prompts.append({"prompt_token_ids": tokenizer.encode(text, add_special_tokens=False)})
         bos = tokenizer.bos_token or ""
         reward_prompts.append(text[len(bos):] if bos and text.startswith(bos) else text)
+    return llm, prompts, reward_prompts
+
+
+def run_offline_peers(problems: Sequence[Problem], config: BenchConfig) -> list[Measured]:
+    """Measure the one-sample, plain-vLLM and sequential best-of-N peers (engines started
+    and shut down here)."""
+    from vllm import SamplingParams
+
+    from tts_ray.engines import vllm_offline
+    from tts_ray.engines.prm import split_solution, tag_steps
+    from tts_ray.methods.base import aggregate_score
+    from tts_ray.methods.voting import best_of_n, majority_vote
+
+    app = _app_config(config.config)
+    llm, prompts, reward_prompts = _peer_engine(problems, config)
 
     def timed(prompt, params):
         started = time.perf_counter()
@@ -272,10 +285,13 @@ async def _probe(url: str, request) -> tuple[int | None, str | None]:
     return response.status_code, message
 
 
-def run_service(problems: Sequence[Problem], config: BenchConfig) -> tuple[list[Measured], dict[str, str]]:
-    """Measure the service's fixed-B configurations and ``branches: auto``; returns the
-    measurements and the skipped systems with their reasons. Starts the app in-process
-    unless ``config.url`` is set (and shuts it down afterwards)."""
+def run_service(problems: Sequence[Problem], config: BenchConfig
+                ) -> tuple[list[Measured], dict[str, str], dict[str, Any] | None]:
+    """Measure the service's fixed-B configurations and ``branches: auto``, and, unless
+    ``config.skip_peers``, the router overhead interleaved with the in-process engine
+    (:func:`run_interleaved_overhead`); returns the measurements, the skipped systems with
+    their reasons, and the interleaved figures (None when skipped). Starts the app
+    in-process unless ``config.url`` is set (and shuts it down afterwards)."""
     from tts_ray.eval.runner import EvalRequest, evaluate
 
     url, started_here = config.url, False
@@ -286,11 +302,14 @@ def run_service(problems: Sequence[Problem], config: BenchConfig) -> tuple[list[
         url, started_here = start_app(config.config, quiet=True), True
     results: list[Measured] = []
     skipped: dict[str, str] = {}
+    interleaved = None
     try:
         base = {"temperature": config.temperature, "max_tokens": config.max_tokens}
         warm = EvalRequest(**base, method="single", branches=1)
         if config.warmup:
             asyncio.run(evaluate(problems[: config.warmup], url, warm, concurrency=1, progress=False))
+        if not config.skip_peers:
+            interleaved = run_interleaved_overhead(problems, config, url)
         # fixed (B, k): k pinned to the first pool's draft length, the engine the peers ran
         pool = _app_config(config.config).generators[0]
         k = pool.speculative.num_speculative_tokens if pool.speculative else 0
@@ -314,7 +333,72 @@ def run_service(problems: Sequence[Problem], config: BenchConfig) -> tuple[list[
 
             serve.shutdown()
             ray.shutdown()
-    return results, skipped
+    return results, skipped, interleaved
+
+
+def run_interleaved_overhead(problems: Sequence[Problem], config: BenchConfig, url: str) -> dict[str, Any]:
+    """Router overhead measured in alternation: the peers' in-process engine (started here,
+    beside the running service, and shut down after) and the service answer each problem
+    greedily with one branch, one right after the other, the order swapped every problem.
+    Both see the same moment of the machine, so the engine's own pass-to-pass drift (20%
+    between two passes on two shared cores, ``bench/overhead.py``) cancels out of the ratio.
+    Only one of them works at a time: the service's engines are idle while the in-process one
+    runs, and the other way round.
+
+    Returns ``{"pairs", "in_process_mean_s", "service_mean_s", "ratio_of_means",
+    "median_pair_ratio", "same_answer_share", "in_process_tokens_per_problem",
+    "service_tokens_per_problem"}`` (``same_answer_share``: problems where both extracted the
+    same answer, a check that they did the same work).
+
+    Raises:
+        httpx.HTTPStatusError: the service did not answer 200.
+    """
+    import httpx
+    from vllm import SamplingParams
+
+    from tts_ray.engines import vllm_offline
+    from tts_ray.eval.runner import EvalRequest
+
+    llm, prompts, _ = _peer_engine(problems, config)
+    request = EvalRequest(method="single", branches=1, temperature=0.0, max_tokens=config.max_tokens)
+    params = SamplingParams(n=1, temperature=0.0, max_tokens=config.max_tokens)
+    headers = {"Authorization": f"Bearer {request.api_key}"} if request.api_key else None
+
+    def in_process(index: int) -> tuple[float, str | None, int]:
+        started = time.perf_counter()
+        out = llm.generate([prompts[index]], params, use_tqdm=False)[0].outputs[0]
+        return time.perf_counter() - started, extract_answer(out.text), len(out.token_ids)
+
+    try:
+        with httpx.Client(headers=headers, timeout=request.request_timeout_s) as client:
+            def service(index: int) -> tuple[float, str | None, int]:
+                started = time.perf_counter()
+                response = client.post(f"{url.rstrip('/')}{request.path}", json=request.body(problems[index].problem))
+                latency_s = time.perf_counter() - started
+                response.raise_for_status()
+                payload = response.json()
+                text = payload["choices"][0]["message"]["content"]
+                return latency_s, extract_answer(text), payload.get("usage", {}).get("completion_tokens", 0)
+
+            for index in range(min(config.warmup, len(problems))):
+                in_process(index), service(index)
+            ours, theirs = [], []
+            for index in _progress(range(len(problems)), "router overhead, interleaved", config.progress,
+                                   total=len(problems)):
+                first, second = (service, in_process) if index % 2 == 0 else (in_process, service)
+                a, b = first(index), second(index)
+                ours.append(a if first is service else b)
+                theirs.append(b if first is service else a)
+    finally:
+        vllm_offline.shutdown(llm)
+    ours_s, theirs_s = [o[0] for o in ours], [t[0] for t in theirs]
+    ratios = sorted(o / t for o, t in zip(ours_s, theirs_s))
+    return {"pairs": len(ours), "in_process_mean_s": sum(theirs_s) / len(theirs_s),
+            "service_mean_s": sum(ours_s) / len(ours_s),
+            "ratio_of_means": sum(ours_s) / sum(theirs_s), "median_pair_ratio": percentile(ratios, 50),
+            "same_answer_share": sum(o[1] == t[1] for o, t in zip(ours, theirs)) / len(ours),
+            "in_process_tokens_per_problem": sum(t[2] for t in theirs) / len(theirs),
+            "service_tokens_per_problem": sum(o[2] for o in ours) / len(ours)}
 
 
 def _from_rows(system: str, label: str, rows, request) -> Measured:
@@ -348,11 +432,14 @@ def _speedups(results: Sequence[Measured], service: Sequence[Measured]) -> dict[
     return speedups
 
 
-def figures(results: Sequence[Measured], config: BenchConfig) -> dict[str, Any]:
+def figures(results: Sequence[Measured], config: BenchConfig,
+            interleaved: dict[str, Any] | None = None) -> dict[str, Any]:
     """The headline ratios from the measurements (None where a needed system is missing).
 
     - ``router_overhead_ratio``: service greedy B=1 over in-process vLLM greedy, same prompts
-      (greedy makes both produce the same tokens, so the ratio is the serving overhead);
+      (greedy makes both produce the same tokens, so the ratio is the serving overhead): from
+      the ``interleaved`` measurement when given (:func:`run_interleaved_overhead`), else
+      from the two separate passes (``router_overhead_ratio_separate_passes``, always);
     - ``branch16_over_branch1_latency``: the service's first method at B=16 over its B=1
       (both at the sampling temperature);
     - ``speedup_vs_sequential_best_of_n``: sequential best-of-N at its largest N over the
@@ -369,7 +456,9 @@ def figures(results: Sequence[Measured], config: BenchConfig) -> dict[str, Any]:
     out: dict[str, Any] = {}
 
     ours, theirs = (_find(results, f"{SERVICE_PREFIX}single", "greedy B=1"), _find(results, ONE_SAMPLE, "greedy"))
-    out["router_overhead_ratio"] = ours.latency_mean_s / theirs.latency_mean_s if ours and theirs else None
+    separate = ours.latency_mean_s / theirs.latency_mean_s if ours and theirs else None
+    out["router_overhead_ratio"] = interleaved["ratio_of_means"] if interleaved else separate
+    out["router_overhead_ratio_separate_passes"] = separate
     sampled_ours = _find(results, f"{SERVICE_PREFIX}single", f"T={config.temperature:g} B=1")
     sampled_theirs = _find(results, PLAIN_VLLM, "B=1")
     out["router_overhead_ratio_sampled"] = (sampled_ours.latency_mean_s / sampled_theirs.latency_mean_s
@@ -440,7 +529,8 @@ def refigure(path: str | Path, out_dir: str | Path | None = None) -> dict[str, A
     results = [Measured.model_validate(m) for ms in document["curves"].values() for m in ms]
     for key in [k for k in document if k.startswith(("router_overhead", "branch16", "speedup", "dominance"))]:
         del document[key]
-    document = {**figures(results, config), **{k: v for k, v in document.items() if k != "dominates_peers"}}
+    document = {**figures(results, config, document.get("interleaved_b1")),
+                **{k: v for k, v in document.items() if k != "dominates_peers"}}
     out = Path(out_dir) if out_dir is not None else path.parent
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(document, indent=2) + "\n")
@@ -464,7 +554,7 @@ def run_bench(config: BenchConfig, command: str = "tts-ray bench") -> dict[str, 
         results += run_offline_peers(problems, config)
         timings["peers_s"] = time.perf_counter() - phase
     phase = time.perf_counter()
-    service_results, skipped = run_service(problems, config)
+    service_results, skipped, interleaved = run_service(problems, config)
     results += service_results
     timings["service_s"] = time.perf_counter() - phase
     timings["total_s"] = time.perf_counter() - started
@@ -474,7 +564,8 @@ def run_bench(config: BenchConfig, command: str = "tts-ray bench") -> dict[str, 
         curves.setdefault(m.system, []).append(m)
 
     document = {
-        **figures(results, config),
+        **figures(results, config, interleaved),
+        "interleaved_b1": interleaved,
         "num_problems": len(problems),
         "problem_ids": [p.unique_id for p in problems],
         "dataset": config.dataset,
