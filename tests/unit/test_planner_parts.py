@@ -1,5 +1,7 @@
 """Pure parts of the planner: speed curves, calibration math, early stopping, the keeper."""
 
+import math
+
 import pytest
 from pydantic import ValidationError
 
@@ -441,3 +443,19 @@ def test_paired_early_stop_replays_the_rule_on_a_runs_own_branches():
     assert replay["accuracy_early"] == 0.5
     assert 0.25 <= replay["token_saving"] <= 0.5
     assert paired_early_stop(results, problems, None, branches=6) == {}
+
+
+def test_the_paired_gap_interval_counts_only_problems_the_rows_answer_differently():
+    from tts_ray.planner.bench import _difference_ci95_points, _paired_difference_ci95_points
+
+    # 100 problems; both rows right on the same 50, and the best row right on 2 more.
+    best = {"correct": [1] * 52 + [0] * 48, "accuracy": 0.52, "requests": 100}
+    auto = {"correct": [1] * 50 + [0] * 50, "accuracy": 0.50, "requests": 100}
+    low, high = _paired_difference_ci95_points(best, auto)
+    # d = 1 on 2 problems, 0 elsewhere: mean 2 points, sd sqrt(0.02 * 0.98 * 100 / 99)
+    half = 1.96 * math.sqrt(0.02 * 0.98 * 100 / 99 / 100) * 100
+    assert (low, high) == (pytest.approx(2 - half, abs=0.01), pytest.approx(2 + half, abs=0.01))
+    independent = _difference_ci95_points(best, auto)
+    assert high - low < (independent[1] - independent[0]) / 4  # shared difficulty cancels
+    with pytest.raises(ValueError, match="different problems"):
+        _paired_difference_ci95_points(best, {"correct": [1] * 99})

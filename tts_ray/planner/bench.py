@@ -62,6 +62,7 @@ def _run(problems: Sequence[Problem], url: str, concurrency: int, label: str,
         "prediction_error_median_abs": percentile([abs(e) for e in errors], 50),
         "prediction_error_mean_signed": sum(errors) / len(errors) if errors else None,
         "latencies_s": [round(r.latency_s, 4) for r in results],
+        "correct": [int(r.correct) for r in results],  # per problem, in dataset order (pairs rows)
         # the keeper's learned state right after the row: what the next row starts from
         "keeper_after": _keeper_snapshot(url),
     }
@@ -121,6 +122,24 @@ def paired_early_stop(results: Sequence[Any], problems: Sequence[Problem], rule:
     return {**replay, "problems": len(samples), "skipped": skipped, "orders": orders}
 
 
+def _paired_difference_ci95_points(a: dict[str, Any], b: dict[str, Any]) -> list[float]:
+    """95% interval (points) of accuracy(a) - accuracy(b) for two rows over the same problems,
+    from the per-problem differences (``correct`` lists in the same order): a problem's
+    difficulty is shared by both rows, so only the problems they answer differently count.
+
+    Raises:
+        ValueError: the rows do not cover the same number of problems.
+    """
+    if len(a["correct"]) != len(b["correct"]):
+        raise ValueError(f"rows over different problems: {len(a['correct'])} against {len(b['correct'])}")
+    diffs = [x - y for x, y in zip(a["correct"], b["correct"])]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    variance = sum((d - mean) ** 2 for d in diffs) / max(1, n - 1)
+    half = 1.96 * math.sqrt(variance / n)
+    return [round((mean - half) * 100, 2), round((mean + half) * 100, 2)]
+
+
 def _difference_ci95_points(a: dict[str, Any], b: dict[str, Any]) -> list[float]:
     """95% interval (points) of accuracy(a) - accuracy(b) for two independent runs."""
     diff = a["accuracy"] - b["accuracy"]
@@ -165,7 +184,9 @@ def run_planner_bench(url: str, out: str | Path, limit: int = 100, budgets_s: Se
                            "gap_points": (best["accuracy"] - auto["accuracy"]) * 100,
                            # each row is one noisy run, and the best of 6 is picked after the
                            # fact (which favours a lucky row): the interval says how much noise
-                           "gap_ci95_points": _difference_ci95_points(best, auto)})
+                           "gap_ci95_points": _difference_ci95_points(best, auto),
+                           # the same problems in both rows: per-problem differences
+                           "gap_ci95_points_paired": _paired_difference_ci95_points(best, auto)})
     full_results: list = []
     full = _run(stop_problems, url, concurrency, f"B={early_stop_branches} full", branches=early_stop_branches,
                 latency_budget_s=early_stop_budget_s, early_stop=False, results_out=full_results)
@@ -177,6 +198,7 @@ def run_planner_bench(url: str, out: str | Path, limit: int = 100, budgets_s: Se
         "p99_over_budget_ms": percentile(over_budget_ms, 99),
         "auto_gap_points": max(b["gap_points"] for b in per_budget),
         "auto_gap_ci95_points": max(per_budget, key=lambda b: b["gap_points"])["gap_ci95_points"],
+        "auto_gap_ci95_points_paired": max(per_budget, key=lambda b: b["gap_points"])["gap_ci95_points_paired"],
         "early_stop_token_saving": 1 - early["tokens_per_problem"] / full["tokens_per_problem"],
         "early_stop_accuracy_drop_points": (full["accuracy"] - early["accuracy"]) * 100,
         # The two runs sample independently (no per-request seeds on CPU pools), so the drop
