@@ -239,3 +239,32 @@ def test_the_pool_more_likely_to_finish_wins_a_lone_branch():
     planner, loads = setup(SPEC_PAYS_SMALL, lengths=[50] * 5 + [150] * 5)
     plan = planner.plan(request(1.2, method="majority", branches=1), loads)
     assert plan.pool == "spec" and plan.branch_finish_probability == 1.0
+
+
+def test_early_stopping_waves_are_predicted_one_after_another():
+    from tts_ray.planner.latency import LatencyModel
+
+    profile = ClusterProfile(device="synthetic", pools={
+        "plain": PoolProfile(model_id="m", num_speculative_tokens=0, curves=[curve(0, FLAT_THEN_STEEP, prefill_s=0.02)])})
+    model = LatencyModel(profile, None, merge_margin_s=0.05)  # uncalibrated: every branch takes max_tokens
+    load = PoolLoad("m", 0, replicas=1, slots_per_replica=64)
+    together = model.predict("plain", load, "majority", 8, 100)
+    waves = model.predict("plain", load, "majority", 8, 100, window=3)
+    assert together.waves == 1 and waves.waves == 3  # 3 + 3 + 2
+    assert together.parts_s["decode"] == pytest.approx(100 * 0.0102)  # 8 sequences at once
+    assert waves.parts_s["decode"] == pytest.approx(2 * 100 * 0.0100 + 100 * 0.0100)  # 3, 3 and 2 at a time
+    assert waves.parts_s["prefill"] == pytest.approx(3 * together.parts_s["prefill"])
+    assert waves.parts_s["merge"] == together.parts_s["merge"]  # one merge after the last wave
+    # The deadline is read in one branch's tokens: all the waves' time leaves a whole branch.
+    assert waves.tokens_by(waves.needed_s) == pytest.approx(100)
+    assert model.predict("plain", load, "majority", 3, 100, window=3).waves == 1
+    assert model.predict("plain", load, "beam_search", 8, 100, window=3).waves == 1  # search has no waves
+
+
+def test_a_tight_budget_with_early_stopping_keeps_to_one_wave():
+    planner, loads = setup(SPEC_NEVER_PAYS)
+    # Budget 1.5 s: one wave of 100 tokens at ~0.01 s per token fits, two do not.
+    plain = planner.plan(request(1.5, method="majority"), loads)
+    windowed = planner.plan(request(1.5, method="majority", early_stop_window=3), loads)
+    assert plain.num_branches > 3
+    assert windowed.num_branches <= 3 and windowed.predicted_s <= 1.5

@@ -68,7 +68,9 @@ class Prediction:
     concurrency_per_replica: int = 1
     expected_tokens: float = 0.0
     seconds_per_token: float = 0.0  # per branch, at that concurrency, live correction included
+    # (in waves: the whole decode time over one branch's tokens)
     reserve_s: float = 0.0  # kept free before the deadline beyond the expected merge time
+    waves: int = 1  # branch waves run one after another (early stopping's windows)
 
     @property
     def needed_s(self) -> float:
@@ -117,19 +119,35 @@ class LatencyModel:
             return models[model_id].expected_max_length(branches, max_tokens)
         return float(max_tokens)
 
-    def predict(self, pool: str, load: PoolLoad, method: str, branches: int, max_tokens: int) -> Prediction:
-        """Predicted latency of ``branches`` branches of ``method`` on ``pool``.
+    def predict(self, pool: str, load: PoolLoad, method: str, branches: int, max_tokens: int,
+                window: int | None = None) -> Prediction:
+        """Predicted latency of ``branches`` branches of ``method`` on ``pool``; with
+        ``window`` (early stopping), the branches run in waves of ``window``, one after
+        another, and the prediction is for every wave running (the vote never settling): each
+        wave its own prefill and its own longest branch, at the concurrency one wave adds.
+        The merge and the reward scoring come once, after the last wave.
 
         Raises:
             KeyError: the pool is not in the profile.
         """
         curve = self.profile.pools[pool].curve(load.num_speculative_tokens)
-        concurrency = math.ceil((load.inflight_branches + branches) / max(1, load.replicas))
-        tokens = self.expected_tokens(load.model_id, branches, max_tokens)
-        seconds_per_token = (curve.seconds_per_token_at(concurrency) * load.contention
-                             * load.speed_factor_at(concurrency))
-        decode_s = tokens * seconds_per_token
-        parts = {"prefill": curve.prefill_s * load.contention, "decode": decode_s, "merge": self.merge_margin_s}
+        waves = [branches]
+        if window is not None and window < branches and method not in SEARCH:
+            waves = [window] * (branches // window) + ([branches % window] if branches % window else [])
+        prefill_s = decode_s = 0.0
+        for size in waves:
+            concurrency = math.ceil((load.inflight_branches + size) / max(1, load.replicas))
+            seconds_per_token = (curve.seconds_per_token_at(concurrency) * load.contention
+                                 * load.speed_factor_at(concurrency))
+            decode_s += self.expected_tokens(load.model_id, size, max_tokens) * seconds_per_token
+            prefill_s += curve.prefill_s * load.contention
+        # tokens_by() reads the deadline in tokens of one branch. In waves the decode time is
+        # spread over the waves as if one branch decoded slower: a deadline that leaves half the
+        # decode time leaves half a branch (the waves before the last one finish, the last one
+        # is cut), which is what the accuracy table is read at.
+        tokens = self.expected_tokens(load.model_id, waves[0], max_tokens)
+        concurrency = math.ceil((load.inflight_branches + waves[0]) / max(1, load.replicas))
+        parts = {"prefill": prefill_s, "decode": decode_s, "merge": self.merge_margin_s}
         if method in SCORED and self.profile.scoring is not None:
             calls = self.max_search_steps if method in SEARCH else 1
             parts["score"] = calls * self.profile.scoring.seconds(branches)
@@ -137,4 +155,5 @@ class LatencyModel:
             parts["prefill"] *= self.max_search_steps
         return Prediction(total_s=sum(parts.values()), parts_s=parts,
                           concurrency_per_replica=concurrency, expected_tokens=tokens,
-                          seconds_per_token=seconds_per_token, reserve_s=self.deadline_reserve_s)
+                          seconds_per_token=decode_s / tokens if tokens > 0 else 0.0,
+                          reserve_s=self.deadline_reserve_s, waves=len(waves))

@@ -37,6 +37,7 @@ class PlanRequest:
     scored_available: bool = True
     default_method: str = "majority"
     default_branches: int = 8
+    early_stop_window: int | None = None  # early stopping: branches run in waves of this many
 
 
 @dataclass
@@ -139,7 +140,8 @@ class Planner:
                 for branches in counts:
                     considered += 1
                     planning_load = self._planning_load(load, branches) if request.branches is None else load
-                    prediction = self.latency.predict(name, planning_load, method, branches, request.max_tokens)
+                    prediction = self.latency.predict(name, planning_load, method, branches, request.max_tokens,
+                                                      window=request.early_stop_window)
                     if branches == 1:  # 429 only when one branch cannot make it under today's load
                         now = prediction if planning_load is load else \
                             self.latency.predict(name, load, method, 1, request.max_tokens)

@@ -344,7 +344,8 @@ class Router:
             num_speculative_tokens=None if k in (None, "auto") else k,
             max_branches=router.max_branches, scored_available=self.reward is not None,
             default_method=router.default_method if router.default_method != "auto" else "majority",
-            default_branches=router.default_branches))
+            default_branches=router.default_branches,
+            early_stop_window=router.early_stop_window if early_stop else None))
         return {"plan_request": plan_request, "prompt": prompt, "reward_prompt": reward_prompt,
                 "add_special_tokens": add_special_tokens, "budget_s": budget_s, "max_tokens": max_tokens,
                 "prompt_tokens": prompt_tokens,
