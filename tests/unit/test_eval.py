@@ -112,6 +112,9 @@ def test_grade_response_kinds():
     plain = {"choices": [{"message": {"content": f"so \\boxed{{{problem.answer}}}"}}], "usage": {}}
     graded = grade_response(problem, 200, plain, 0.5)  # any OpenAI server: graded on choice 0
     assert graded.correct and graded.answer == problem.answer and graded.num_branches is None
+    cut = {"choices": [{"message": {"content": "1 + 1 ="}, "finish_reason": "deadline"}], "usage": {}}
+    graded = grade_response(problem, 200, cut, 1.0)  # the best partial answer at the deadline
+    assert not graded.correct and graded.finish_reason == "deadline"
     graded = grade_response(problem, 400, {"error": {"message": "tts.branches: bad"}}, 0.1)
     assert not graded.correct and graded.error == "tts.branches: bad" and graded.status == 400
     graded = grade_response(problem, None, None, 0.1, error="ConnectError: refused")

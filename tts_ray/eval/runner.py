@@ -138,6 +138,7 @@ def grade_response(problem: Problem, status: int | None, payload: Any, latency_s
         plan=(tts or {}).get("plan"),
         branch_answers=[b.get("answer") for b in branches] if branches else None,
         branch_tokens=[int(b.get("num_tokens") or 0) for b in branches] if branches else None,
+        finish_reason=choice.get("finish_reason"),
     )
 
 

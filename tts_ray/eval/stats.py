@@ -71,6 +71,9 @@ class ProblemResult(BaseModel):
         None, description="Each branch's extracted answer in the service's order (tts.branches).")
     branch_tokens: list[int] | None = Field(
         None, description="Each branch's generated tokens, same order as branch_answers.")
+    finish_reason: str | None = Field(
+        None, description="Choice 0's finish_reason: 'deadline' when no branch finished in time "
+                          "and the best partial answer came back.")
     status: int | None = Field(None, description="HTTP status; None when no response arrived.")
     error: str | None = Field(None, description="Error message for non-200 answers or transport errors.")
 

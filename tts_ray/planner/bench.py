@@ -52,6 +52,8 @@ def _run(problems: Sequence[Problem], url: str, concurrency: int, label: str,
         "accuracy": sum(r.correct for r in results) / len(results),
         "requests": len(results), "answered": len(ok),
         "rejected_429": sum(r.status == 429 for r in results),
+        # answered with the best partial answer: no branch finished before the deadline
+        "answered_partial": sum(r.finish_reason == "deadline" for r in ok),
         "errors": sum(r.status not in (200, 429) for r in results),
         "latency_p50_s": percentile([r.latency_s for r in results], 50),
         "latency_p99_s": percentile([r.latency_s for r in results], 99),
@@ -68,7 +70,7 @@ def _run(problems: Sequence[Problem], url: str, concurrency: int, label: str,
     }
     print(f"{label:>28}: acc {row['accuracy']:.3f}  p50 {row['latency_p50_s']:.2f}s  "
           f"p99 {row['latency_p99_s']:.2f}s  tokens {row['tokens_per_problem']:.0f}  "
-          f"429 {row['rejected_429']}  errors {row['errors']}", flush=True)
+          f"429 {row['rejected_429']}  partial {row['answered_partial']}  errors {row['errors']}", flush=True)
     return row
 
 
