@@ -268,3 +268,13 @@ def test_a_tight_budget_with_early_stopping_keeps_to_one_wave():
     windowed = planner.plan(request(1.5, method="majority", early_stop_window=3), loads)
     assert plain.num_branches > 3
     assert windowed.num_branches <= 3 and windowed.predicted_s <= 1.5
+
+
+def test_expected_tokens_are_memoized_per_model_branches_and_max_tokens():
+    planner, _ = setup(SPEC_NEVER_PAYS, lengths=(40, 80, 120, 160))
+    model, calibration = planner.latency, planner.latency.calibration.models["m"]
+    for b, max_tokens in ((1, 200), (4, 200), (4, 100), (4, 200)):
+        assert model.expected_tokens("m", b, max_tokens) == calibration.expected_max_length(b, max_tokens)
+    assert model.expected_tokens("m", 4, 100) < model.expected_tokens("m", 4, 200)  # capped at 100
+    assert model.expected_tokens("other", 4, 100) == 100.0  # uncalibrated model: the worst case
+    assert len(model._expected_tokens) == 4  # (1, 200), (4, 200), (4, 100), other
