@@ -459,3 +459,14 @@ def test_the_paired_gap_interval_counts_only_problems_the_rows_answer_differentl
     assert high - low < (independent[1] - independent[0]) / 4  # shared difficulty cancels
     with pytest.raises(ValueError, match="different problems"):
         _paired_difference_ci95_points(best, {"correct": [1] * 99})
+
+
+def test_an_early_stopping_request_books_every_branch_but_runs_one_wave_at_a_time():
+    keeper = _keeper()  # 2 replicas, 0.01 s per token at any concurrency, EWMA alpha 0.5
+    keeper.admit("waves", PlanRequest(budget_s=100, max_tokens=100, method="majority", branches=16,
+                                      early_stop_window=3))
+    assert keeper.status()["pools"]["a"]["inflight_branches"] == 16  # slots kept for later waves
+    assert keeper.admitted["waves"].concurrency == 2  # one wave of 3 over 2 replicas
+    keeper.release("waves", [BranchObservation(num_tokens=100, elapsed_s=2.0)])
+    # learned in the band the branches ran in (2 a replica), not in the one of 16 at once
+    assert keeper.status()["pools"]["a"]["speed_factor_by_concurrency"] == {"<=2": 1.5}

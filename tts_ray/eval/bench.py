@@ -291,7 +291,11 @@ def run_service(problems: Sequence[Problem], config: BenchConfig
     ``config.skip_peers``, the router overhead interleaved with the in-process engine
     (:func:`run_interleaved_overhead`); returns the measurements, the skipped systems with
     their reasons, and the interleaved figures (None when skipped). Starts the app
-    in-process unless ``config.url`` is set (and shuts it down afterwards)."""
+    in-process unless ``config.url`` is set (and shuts it down afterwards). A non-200 answer
+    during the interleaved measurement leaves it out (listed in the skipped systems): the
+    separate passes still give the ratio."""
+    import httpx
+
     from tts_ray.eval.runner import EvalRequest, evaluate
 
     url, started_here = config.url, False
@@ -308,11 +312,14 @@ def run_service(problems: Sequence[Problem], config: BenchConfig
         warm = EvalRequest(**base, method="single", branches=1)
         if config.warmup:
             asyncio.run(evaluate(problems[: config.warmup], url, warm, concurrency=1, progress=False))
-        if not config.skip_peers:
-            interleaved = run_interleaved_overhead(problems, config, url)
         # fixed (B, k): k pinned to the first pool's draft length, the engine the peers ran
         pool = _app_config(config.config).generators[0]
         k = pool.speculative.num_speculative_tokens if pool.speculative else 0
+        if not config.skip_peers:
+            try:
+                interleaved = run_interleaved_overhead(problems, config, url, num_speculative_tokens=k)
+            except httpx.HTTPStatusError as error:  # the separate passes still give the ratio
+                skipped["router overhead, interleaved"] = f"the service answered {error.response.status_code}"
         for system, label, fields in _service_runs(config, k):
             request = EvalRequest(**{**base, **fields})
             rows, _ = asyncio.run(evaluate(problems, url, request, concurrency=1, progress=config.progress,
@@ -336,14 +343,16 @@ def run_service(problems: Sequence[Problem], config: BenchConfig
     return results, skipped, interleaved
 
 
-def run_interleaved_overhead(problems: Sequence[Problem], config: BenchConfig, url: str) -> dict[str, Any]:
+def run_interleaved_overhead(problems: Sequence[Problem], config: BenchConfig, url: str,
+                             num_speculative_tokens: int | None = None) -> dict[str, Any]:
     """Router overhead measured in alternation: the peers' in-process engine (started here,
     beside the running service, and shut down after) and the service answer each problem
     greedily with one branch, one right after the other, the order swapped every problem.
     Both see the same moment of the machine, so the engine's own pass-to-pass drift (20%
     between two passes on two shared cores, ``bench/overhead.py``) cancels out of the ratio.
     Only one of them works at a time: the service's engines are idle while the in-process one
-    runs, and the other way round.
+    runs, and the other way round. ``num_speculative_tokens`` pins the service's requests to the
+    pool with that draft length k (the in-process engine's), so both run the same engine.
 
     Returns ``{"pairs", "in_process_mean_s", "service_mean_s", "ratio_of_means",
     "median_pair_ratio", "same_answer_share", "in_process_tokens_per_problem",
@@ -360,7 +369,8 @@ def run_interleaved_overhead(problems: Sequence[Problem], config: BenchConfig, u
     from tts_ray.eval.runner import EvalRequest
 
     llm, prompts, _ = _peer_engine(problems, config)
-    request = EvalRequest(method="single", branches=1, temperature=0.0, max_tokens=config.max_tokens)
+    request = EvalRequest(method="single", branches=1, temperature=0.0, max_tokens=config.max_tokens,
+                          num_speculative_tokens=num_speculative_tokens)
     params = SamplingParams(n=1, temperature=0.0, max_tokens=config.max_tokens)
     headers = {"Authorization": f"Bearer {request.api_key}"} if request.api_key else None
 

@@ -125,9 +125,13 @@ class BudgetKeeper:
             self.counts["rejected"] += 1
             raise
         load = self.loads[plan.pool]
+        # The branches run at the concurrency of the load before them plus one wave (early
+        # stopping runs them in waves of its window); the ledger still books all of them, so
+        # slots stay reserved for the waves to come.
+        running = min(plan.num_branches, request.early_stop_window or plan.num_branches)
+        concurrency = math.ceil((load.inflight_branches + running) / load.replicas)
         load.inflight_branches += plan.num_branches
         load.active_requests += 1
-        concurrency = math.ceil(load.inflight_branches / load.replicas)
         self.admitted[request_id] = _Admitted(plan.pool, plan.num_branches, concurrency, self.clock(),
                                               contention=load.contention)
         self._refresh_contention()  # the chosen pool is busy now: its group's other pools slow down

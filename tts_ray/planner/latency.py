@@ -118,7 +118,7 @@ class LatencyModel:
         """E[longest of ``branches`` branches] in tokens from the calibrated lengths (``max_tokens``
         uncalibrated). Memoized: the planner asks for every candidate of every request, and over
         a sample of thousands of lengths this was 98% of an auto plan's time (100 ms a plan on the
-        CPU testbed, 3 ms memoized), which the single keeper spends one request at a time."""
+        CPU testbed, 0.7 ms memoized), which the single keeper spends one request at a time."""
         key = (model_id, branches, max_tokens)
         if key not in self._expected_tokens:
             models = self.calibration.models if self.calibration else {}
@@ -148,11 +148,13 @@ class LatencyModel:
                                  * load.speed_factor_at(concurrency))
             decode_s += self.expected_tokens(load.model_id, size, max_tokens) * seconds_per_token
             prefill_s += curve.prefill_s * load.contention
-        # tokens_by() reads the deadline in tokens of one branch. In waves the decode time is
-        # spread over the waves as if one branch decoded slower: a deadline that leaves half the
-        # decode time leaves half a branch (the waves before the last one finish, the last one
-        # is cut), which is what the accuracy table is read at.
-        tokens = self.expected_tokens(load.model_id, waves[0], max_tokens)
+        # tokens_by() reads the deadline in tokens of the plan's longest branch, which the
+        # accuracy table cuts all B branches at. In waves that is an approximation: the decode
+        # time of all the waves is spread over the longest branch of B as if it decoded slower,
+        # so a plan that fits exactly reads the table where an all-at-once plan of B would, and
+        # a deadline leaving half the decode time cuts every branch at half (in truth the early
+        # waves would finish and the last be cut).
+        tokens = self.expected_tokens(load.model_id, branches, max_tokens)
         concurrency = math.ceil((load.inflight_branches + waves[0]) / max(1, load.replicas))
         parts = {"prefill": prefill_s, "decode": decode_s, "merge": self.merge_margin_s}
         if method in SCORED and self.profile.scoring is not None:
