@@ -12,7 +12,13 @@ from tts_ray.planner.calibration import (
     accuracy_by_tokens,
     accuracy_curves,
 )
-from tts_ray.planner.early_stop import EarlyStopRule, prob_final_vote_unchanged, prob_leader_ahead, simulate
+from tts_ray.planner.early_stop import (
+    EarlyStopRule,
+    prob_final_vote_unchanged,
+    prob_leader_ahead,
+    simulate,
+    wave_sizes,
+)
 from tts_ray.planner.keeper import BranchObservation, BudgetKeeper
 from tts_ray.planner.planner import Infeasible, PlanRequest
 from tts_ray.planner.profile import ClusterProfile, PoolProfile, SpeedCurve
@@ -470,3 +476,10 @@ def test_an_early_stopping_request_books_every_branch_but_runs_one_wave_at_a_tim
     keeper.release("waves", [BranchObservation(num_tokens=100, elapsed_s=2.0)])
     # learned in the band the branches ran in (2 a replica), not in the one of 16 at once
     assert keeper.status()["pools"]["a"]["speed_factor_by_concurrency"] == {"<=2": 1.5}
+
+
+def test_wave_sizes_are_the_window_then_the_rest():
+    assert wave_sizes(8, 3) == [3, 3, 2]
+    assert wave_sizes(6, 3) == [3, 3]
+    assert wave_sizes(3, 3) == [3] and wave_sizes(2, 3) == [2]
+    assert wave_sizes(16, None) == [16]

@@ -11,7 +11,7 @@ from typing import Any
 
 from tts_ray.engines.base import Completion, Generator, StepScorer
 from tts_ray.grading import extract_answer, is_equivalent, normalize_answer
-from tts_ray.planner.early_stop import EarlyStopRule
+from tts_ray.planner.early_stop import EarlyStopRule, wave_sizes
 
 DEADLINE = "deadline"  # finish_reason of a branch stopped at the deadline
 # A branch told to stop at T answers a little after T; the router waits this much longer
@@ -208,11 +208,10 @@ async def sample_branches(ctx: MethodContext, prompt: str, count: int,
         return await _run_wave(ctx, prompt, count, stop_at), time.perf_counter() - started
     branches: list[Branch] = []
     launched, wave_s = 0, 0.0
-    while launched < count:
+    for size in wave_sizes(count, ctx.early_stop.window):
         if branches and stop_at is not None and time.time() + wave_s > stop_at:
             ctx.stats.not_started += count - launched
             break
-        size = min(ctx.early_stop.window, count - launched)
         wave_started = time.perf_counter()
         branches += await _run_wave(ctx, prompt, size, stop_at)
         wave_s = time.perf_counter() - wave_started

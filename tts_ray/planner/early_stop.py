@@ -83,6 +83,15 @@ def _prob_final_vote_unchanged(counts: tuple[int, ...], remaining: int, draws: i
     return kept / draws
 
 
+def wave_sizes(count: int, window: int | None) -> list[int]:
+    """The branches an early-stopping request of ``count`` branches launches in each wave, in
+    order: ``window`` at a time, the rest last; one wave of all ``count`` without a window.
+    The sampling methods run these waves, and the planner and the keeper predict and book them."""
+    if window is None or window >= count:
+        return [count]
+    return [window] * (count // window) + ([count % window] if count % window else [])
+
+
 @dataclass(frozen=True)
 class EarlyStopRule:
     """Sample in windows of ``window`` branches; after each window stop once the vote is

@@ -13,6 +13,7 @@ from typing import Any
 from tts_ray.config import AppConfig
 from tts_ray.eval.stats import percentile
 from tts_ray.planner.calibration import Calibration
+from tts_ray.planner.early_stop import wave_sizes
 from tts_ray.planner.latency import LatencyModel, PoolLoad, concurrency_band
 from tts_ray.planner.planner import Plan, Planner, PlanRequest
 from tts_ray.planner.profile import ClusterProfile
@@ -128,8 +129,8 @@ class BudgetKeeper:
         # The branches run at the concurrency of the load before them plus one wave (early
         # stopping runs them in waves of its window); the ledger still books all of them, so
         # slots stay reserved for the waves to come.
-        running = min(plan.num_branches, request.early_stop_window or plan.num_branches)
-        concurrency = math.ceil((load.inflight_branches + running) / load.replicas)
+        first_wave = wave_sizes(plan.num_branches, request.early_stop_window)[0]
+        concurrency = math.ceil((load.inflight_branches + first_wave) / load.replicas)
         load.inflight_branches += plan.num_branches
         load.active_requests += 1
         self.admitted[request_id] = _Admitted(plan.pool, plan.num_branches, concurrency, self.clock(),

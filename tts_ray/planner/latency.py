@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 
 from tts_ray.planner.calibration import Calibration
+from tts_ray.planner.early_stop import wave_sizes
 from tts_ray.planner.profile import ClusterProfile
 
 SCORED = frozenset({"weighted_majority", "best_of_n", "beam_search", "dvts"})
@@ -138,9 +139,7 @@ class LatencyModel:
             KeyError: the pool is not in the profile.
         """
         curve = self.profile.pools[pool].curve(load.num_speculative_tokens)
-        waves = [branches]
-        if window is not None and window < branches and method not in SEARCH:
-            waves = [window] * (branches // window) + ([branches % window] if branches % window else [])
+        waves = wave_sizes(branches, None if method in SEARCH else window)
         prefill_s = decode_s = 0.0
         for size in waves:
             concurrency = math.ceil((load.inflight_branches + size) / max(1, load.replicas))
@@ -155,7 +154,7 @@ class LatencyModel:
         # a deadline leaving half the decode time cuts every branch at half (in truth the early
         # waves would finish and the last be cut).
         tokens = self.expected_tokens(load.model_id, branches, max_tokens)
-        concurrency = math.ceil((load.inflight_branches + waves[0]) / max(1, load.replicas))
+        concurrency = math.ceil((load.inflight_branches + waves[0]) / max(1, load.replicas))  # the first wave's
         parts = {"prefill": prefill_s, "decode": decode_s, "merge": self.merge_margin_s}
         if method in SCORED and self.profile.scoring is not None:
             calls = self.max_search_steps if method in SEARCH else 1
