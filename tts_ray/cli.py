@@ -126,7 +126,8 @@ def _cmd_bench_planner(args: argparse.Namespace) -> int:
     def run(url: str) -> None:
         run_planner_bench(url, args.out, limit=args.limit, budgets_s=args.budgets, branches=args.branches,
                           draft_lengths=args.draft_lengths, concurrency=args.concurrency,
-                          early_stop_limit=args.early_stop_limit, command=args.command_line)
+                          early_stop_limit=args.early_stop_limit, max_attempts=args.max_attempts,
+                          command=args.command_line)
 
     if args.url:
         run(args.url)
@@ -216,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--early-stop-limit", type=int, default=None,
                    help="ARITH-500 problems of the early-stopping comparison (default --limit)")
+    p.add_argument("--max-attempts", type=int, default=3,
+                   help="attempts per problem: a 429 is retried after its Retry-After, up to this many "
+                        "in all, as a well-behaved client does (1: a 429 is final and the client moves "
+                        "on to its next problem at once)")
     p.set_defaults(func=_cmd_bench_planner)
 
     testbed = verbs.add_parser("testbed", help="the ARITH testbed: data, training, benchmark")

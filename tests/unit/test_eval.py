@@ -16,6 +16,7 @@ from tts_ray.eval.runner import (
     EvalRequest,
     ServiceUnavailableError,
     grade_response,
+    retry_after_seconds,
     run_eval,
 )
 from tts_ray.eval.stats import ProblemResult, percentile, summarize, wilson_interval
@@ -26,9 +27,11 @@ GOLD = {p.problem: p.answer for p in PROBLEMS}
 
 class FakeService(BaseHTTPRequestHandler):
     """Answers like the router: problems 0-7 right, 8-9 wrong, 10 with HTTP 408, 11 with no
-    boxed answer. Records every request body."""
+    boxed answer. Records every request body. Problem i is first answered 429 (Retry-After 0)
+    ``rejections.get(i, 0)`` times."""
 
     bodies: ClassVar[list] = []
+    rejections: ClassVar[dict] = {}
 
     def log_message(self, *args):
         pass
@@ -49,6 +52,15 @@ class FakeService(BaseHTTPRequestHandler):
         FakeService.bodies.append(body)
         problem = body["messages"][0]["content"]
         index = [p.problem for p in PROBLEMS].index(problem)
+        if FakeService.rejections.get(index, 0) > 0:
+            FakeService.rejections[index] -= 1
+            data = json.dumps({"error": {"message": "latency_budget_s=1 cannot be met"}}).encode()
+            self.send_response(429)
+            self.send_header("Retry-After", "0")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         if index == 10:
             self._send(408, {"error": {"message": "no answer within latency_budget_s=1", "type": "timeout_error"}})
             return
@@ -65,7 +77,7 @@ class FakeService(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def fake_url():
-    FakeService.bodies = []
+    FakeService.bodies, FakeService.rejections = [], {}
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeService)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -171,3 +183,26 @@ def test_summarize_counts_errors_as_wrong():
     assert summary.latency_mean_s == 2.0 and summary.requests_per_s == 1.0
     with pytest.raises(ValueError):
         summarize(results, wall_s=0, dataset="d", dataset_source="s", concurrency=1)
+
+
+def test_retry_after_header_parsing():
+    assert retry_after_seconds("2") == 2.0 and retry_after_seconds("0") == 0.0
+    assert retry_after_seconds(None) is None and retry_after_seconds("-1") is None
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") is None and retry_after_seconds("nan") is None
+
+
+def test_rejected_problems_are_retried_after_retry_after(fake_url, tmp_path):
+    # problem 0: two 429s, then answered; problem 1: three 429s, more than 3 attempts allow
+    FakeService.rejections = {0: 2, 1: 3}
+    run_eval(EvalConfig(dataset="arith500", limit=3, url=fake_url, concurrency=2, out=tmp_path / "a",
+                        request=EvalRequest(max_attempts=3), progress=False))
+    rows = [json.loads(line) for line in (tmp_path / "a" / "results.jsonl").read_text().splitlines()]
+    assert [(r["status"], r["attempts"], r["correct"]) for r in rows] == [(200, 3, True), (429, 3, False),
+                                                                        (200, 1, True)]
+    assert len(FakeService.bodies) == 3 + 3 + 1
+    # without retries a 429 is the problem's result
+    FakeService.rejections = {0: 1}
+    run_eval(EvalConfig(dataset="arith500", limit=1, url=fake_url, concurrency=1, out=tmp_path / "b",
+                        progress=False))
+    (row,) = [json.loads(line) for line in (tmp_path / "b" / "results.jsonl").read_text().splitlines()]
+    assert (row["status"], row["attempts"], row["correct"]) == (429, 1, False)

@@ -72,6 +72,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--concurrency", type=positive_int, default=8, help="requests in flight at once")
     parser.add_argument("--timeout", type=float, default=900.0, dest="request_timeout_s",
                         help="client-side timeout of one request, seconds")
+    parser.add_argument("--max-attempts", type=positive_int, default=1,
+                        help="attempts per problem: after a 429 or 503, wait its Retry-After and send "
+                             "again, up to this many in all (1: no retry)")
     parser.add_argument("--out", type=Path, required=True,
                         help="folder for results.jsonl, summary.json and summary.csv")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -92,7 +95,7 @@ def run_from_args(args: argparse.Namespace) -> int:
                           latency_budget_s=args.latency_budget_s,
                           seed=args.seed, model=args.model, max_tokens=args.max_tokens,
                           temperature=args.temperature, endpoint=args.endpoint,
-                          request_timeout_s=args.request_timeout_s,
+                          request_timeout_s=args.request_timeout_s, max_attempts=args.max_attempts,
                           **({"api_key": args.api_key} if args.api_key else {}))
     config = EvalConfig(dataset=args.dataset, dataset_source=args.dataset_source, limit=args.limit,
                         url=args.url, config=args.config, concurrency=args.concurrency, request=request,

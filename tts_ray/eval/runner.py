@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import math
 import os
 import sys
 import time
@@ -28,6 +29,10 @@ RESULTS_FILE = "results.jsonl"
 SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
 HEALTH_TIMEOUT_S = 10.0
+# Statuses a client may retry after the wait the service names in Retry-After: 429 (the
+# latency budget cannot be met under today's load) and 503 (shed by back-pressure).
+RETRYABLE_STATUSES = (429, 503)
+MAX_RETRY_WAIT_S = 30.0  # a Retry-After above this is waited only this long
 
 
 class ServiceUnavailableError(ConnectionError):
@@ -69,6 +74,11 @@ class EvalRequest(BaseModel):
     endpoint: Literal["chat", "completions"] = Field(
         "chat", description="POST /v1/chat/completions (problem as the user message) or /v1/completions.")
     request_timeout_s: float = Field(900.0, gt=0, description="Client-side timeout of one request.")
+    max_attempts: int = Field(
+        1, ge=1, description="Attempts per problem: after a 429 or 503 the client waits the "
+                             "Retry-After seconds (1 s without the header, at most 30 s) and sends the "
+                             "problem again, up to this many attempts in all; 1: no retry, the "
+                             "rejection is the problem's result.")
     api_key: str | None = Field(
         default_factory=lambda: default_api_key(), exclude=True, repr=False,
         description="Bearer key for a service with API keys on (default: $TTS_RAY_API_KEY, else the "
@@ -142,6 +152,16 @@ def grade_response(problem: Problem, status: int | None, payload: Any, latency_s
     )
 
 
+def retry_after_seconds(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header in its delta-seconds form; None when absent or
+    not a non-negative number (the HTTP-date form is not used by the service)."""
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and seconds >= 0 and math.isfinite(seconds) else None
+
+
 async def check_health(client, url: str) -> None:
     """Raise :class:`ServiceUnavailableError` unless ``GET {url}/health`` answers 200."""
     import httpx
@@ -157,7 +177,10 @@ async def check_health(client, url: str) -> None:
 async def evaluate(problems: Sequence[Problem], url: str, request: EvalRequest, concurrency: int = 8,
                    progress: bool = True, desc: str = "eval") -> tuple[list[ProblemResult], float]:
     """Send every problem (``concurrency`` at a time), grade the answers; return the results
-    in dataset order and the wall time in seconds.
+    in dataset order and the wall time in seconds. A problem answered 429 or 503 is sent
+    again after the Retry-After wait, up to ``request.max_attempts`` attempts; its result is
+    the last attempt's (``latency_s`` is that attempt's time, the waits are in
+    ``retry_wait_s``).
 
     Raises:
         ValueError: ``concurrency`` below 1 or no problems.
@@ -179,23 +202,34 @@ async def evaluate(problems: Sequence[Problem], url: str, request: EvalRequest, 
 
     async def one(index: int, problem: Problem, client: httpx.AsyncClient) -> None:
         async with semaphore:
-            started = time.perf_counter()
-            status, payload, error = None, None, None
-            try:
-                response = await client.post(f"{url}{request.path}", json=request.body(problem.problem),
-                                             timeout=request.request_timeout_s)
-                status = response.status_code
+            waited_s = 0.0
+            for attempt in range(1, request.max_attempts + 1):
+                started = time.perf_counter()
+                status, payload, error, retry_after_s = None, None, None, None
                 try:
-                    payload = response.json()
-                except ValueError:
-                    error = f"HTTP {status}: body is not JSON: {response.text[:200]!r}"
-            except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}"
-            latency_s = time.perf_counter() - started
+                    response = await client.post(f"{url}{request.path}", json=request.body(problem.problem),
+                                                 timeout=request.request_timeout_s)
+                    status = response.status_code
+                    retry_after_s = retry_after_seconds(response.headers.get("Retry-After"))
+                    try:
+                        payload = response.json()
+                    except ValueError:
+                        error = f"HTTP {status}: body is not JSON: {response.text[:200]!r}"
+                except httpx.HTTPError as exc:
+                    error = f"{type(exc).__name__}: {exc}"
+                latency_s = time.perf_counter() - started
+                if status not in RETRYABLE_STATUSES or attempt == request.max_attempts:
+                    break
+                # A well-behaved client: the slot stays this client's while it waits, so the
+                # load offered never exceeds ``concurrency`` requests.
+                wait_s = min(retry_after_s if retry_after_s is not None else 1.0, MAX_RETRY_WAIT_S)
+                await asyncio.sleep(wait_s)
+                waited_s += wait_s
             # math-verify may take a moment on odd answers: keep the event loop free meanwhile.
             # Graded inside the slot: grading the last answer while the next request is timed
             # would take CPU from the service under test (a whole core of two, here).
             result = await asyncio.to_thread(grade_response, problem, status, payload, latency_s, error)
+            result.attempts, result.retry_wait_s = attempt, round(waited_s, 3)
         results[index] = result
         counts["done"] += 1
         counts["correct"] += result.correct

@@ -57,7 +57,7 @@ class ProblemResult(BaseModel):
     answer: str | None = Field(None, description="The service's merged final answer (None: none given).")
     gold: str = Field(..., description="The dataset's answer.")
     correct: bool = Field(..., description="answer is_equivalent to gold; False on any error.")
-    latency_s: float = Field(..., ge=0, description="Client-side wall time of the request.")
+    latency_s: float = Field(..., ge=0, description="Client-side wall time of the request (the last attempt's).")
     num_branches: int | None = Field(None, description="Branches the service ran (tts.num_branches).")
     tokens: int | None = Field(None, description="Completion tokens over all branches (usage).")
     votes: dict[str, float] | None = Field(None, description="Weight per distinct answer (tts.votes).")
@@ -75,6 +75,8 @@ class ProblemResult(BaseModel):
         None, description="Choice 0's finish_reason: 'deadline' when no branch finished in time "
                           "and the best partial answer came back.")
     status: int | None = Field(None, description="HTTP status; None when no response arrived.")
+    attempts: int = Field(1, ge=1, description="Requests sent for this problem (> 1: retried after 429/503).")
+    retry_wait_s: float = Field(0.0, ge=0, description="Seconds waited on Retry-After before the last attempt.")
     error: str | None = Field(None, description="Error message for non-200 answers or transport errors.")
 
 

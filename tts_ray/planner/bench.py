@@ -35,10 +35,11 @@ from tts_ray.eval.stats import percentile
 
 
 def _run(problems: Sequence[Problem], url: str, concurrency: int, label: str,
-         results_out: list | None = None, **tts) -> dict[str, Any]:
-    """One configuration over ``problems``: its row (accuracy, latency, 429s, plans, the latency
-    model's error); the per-problem results are appended to ``results_out`` when given."""
-    request = EvalRequest(method="majority", **tts)
+         results_out: list | None = None, max_attempts: int = 1, **tts) -> dict[str, Any]:
+    """One configuration over ``problems``: its row (accuracy, latency, 429s, retries, plans,
+    the latency model's error); the per-problem results are appended to ``results_out`` when
+    given. A 429 is retried after its Retry-After up to ``max_attempts`` attempts in all."""
+    request = EvalRequest(method="majority", max_attempts=max_attempts, **tts)
     results, wall_s = asyncio.run(evaluate(problems, url, request, concurrency=concurrency, progress=False,
                                            desc=label))
     if results_out is not None:
@@ -51,7 +52,9 @@ def _run(problems: Sequence[Problem], url: str, concurrency: int, label: str,
         "label": label, **tts,
         "accuracy": sum(r.correct for r in results) / len(results),
         "requests": len(results), "answered": len(ok),
-        "rejected_429": sum(r.status == 429 for r in results),
+        "rejected_429": sum(r.status == 429 for r in results),  # after the last attempt
+        "retried": sum(r.attempts > 1 for r in results),
+        "attempts_mean": sum(r.attempts for r in results) / len(results),
         # answered with the best partial answer: no branch finished before the deadline
         "answered_partial": sum(r.finish_reason == "deadline" for r in ok),
         "errors": sum(r.status not in (200, 429) for r in results),
@@ -70,7 +73,7 @@ def _run(problems: Sequence[Problem], url: str, concurrency: int, label: str,
     }
     print(f"{label:>28}: acc {row['accuracy']:.3f}  p50 {row['latency_p50_s']:.2f}s  "
           f"p99 {row['latency_p99_s']:.2f}s  tokens {row['tokens_per_problem']:.0f}  "
-          f"429 {row['rejected_429']}  partial {row['answered_partial']}  errors {row['errors']}", flush=True)
+          f"429 {row['rejected_429']}  retried {row['retried']}  partial {row['answered_partial']}  errors {row['errors']}", flush=True)
     return row
 
 
@@ -153,9 +156,16 @@ def _difference_ci95_points(a: dict[str, Any], b: dict[str, Any]) -> list[float]
 def run_planner_bench(url: str, out: str | Path, limit: int = 100, budgets_s: Sequence[float] = (1.5, 3.0, 6.0),
                       branches: Sequence[int] = (1, 4, 8, 16), draft_lengths: Sequence[int] = (0, 4),
                       concurrency: int = 8, early_stop_branches: int = 16, early_stop_budget_s: float = 60.0,
-                      early_stop_limit: int | None = None,
+                      early_stop_limit: int | None = None, max_attempts: int = 1,
                       command: str = "tts-ray bench-planner") -> dict[str, Any]:
     """Run the planner benchmark against the service at ``url``; write and return the figures.
+
+    Each of the ``concurrency`` clients sends its next problem when the last one is answered;
+    with ``max_attempts`` > 1 a client answered 429 waits the Retry-After and sends the same
+    problem again, up to ``max_attempts`` attempts (a rejection that stands is a wrong
+    answer). With 1, a 429 is final and the client moves on at once: under overload the
+    rows then measure how many requests each configuration gets admitted in a race of a
+    few seconds more than what it answers.
 
     The early-stopping comparison runs on the first ``early_stop_limit`` problems (default
     ``limit``): one problem is 100/limit points, so a 1-point accuracy figure needs more
@@ -164,7 +174,8 @@ def run_planner_bench(url: str, out: str | Path, limit: int = 100, budgets_s: Se
     stop_problems = load_dataset("arith500", limit=early_stop_limit or limit).problems
     # Warm-up: compiles the engines' shapes and fills the prefix cache, under a budget loose
     # enough that no request is cut (a cut there would teach the keeper start-up's margins).
-    _run(problems[:16], url, concurrency, "warm-up", branches="auto", latency_budget_s=4 * budgets_s[-1])
+    _run(problems[:16], url, concurrency, "warm-up", branches="auto", latency_budget_s=4 * budgets_s[-1],
+         max_attempts=max_attempts)
     per_budget = []
     over_budget_ms: list[float] = []
     for budget_s in budgets_s:
@@ -172,10 +183,10 @@ def run_planner_bench(url: str, out: str | Path, limit: int = 100, budgets_s: Se
         for k in draft_lengths:
             for b in branches:
                 row = _run(problems, url, concurrency, f"budget {budget_s:g}s B={b} k={k}", branches=b,
-                           num_speculative_tokens=k, latency_budget_s=budget_s)
+                           num_speculative_tokens=k, latency_budget_s=budget_s, max_attempts=max_attempts)
                 fixed.append(row)
         auto = _run(problems, url, concurrency, f"budget {budget_s:g}s auto", branches="auto",
-                    num_speculative_tokens="auto", latency_budget_s=budget_s)
+                    num_speculative_tokens="auto", latency_budget_s=budget_s, max_attempts=max_attempts)
         for row in [*fixed, auto]:
             over_budget_ms += [(lat - budget_s) * 1000 for lat in row["latencies_s"]]
         best = max(fixed, key=lambda r: r["accuracy"])
@@ -216,6 +227,7 @@ def run_planner_bench(url: str, out: str | Path, limit: int = 100, budgets_s: Se
     result = {
         **figures,
         "details": {"problems": len(problems), "dataset": "arith500", "concurrency": concurrency,
+                    "max_attempts": max_attempts,
                     "method": "majority", "budgets": per_budget,
                     "early_stop": {"full": full, "early": early, "branches": early_stop_branches,
                                    "budget_s": early_stop_budget_s, "problems": len(stop_problems),
