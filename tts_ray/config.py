@@ -228,6 +228,11 @@ class RouterConfig(_Strict):
                           "lately (95th percentile of the time from their generation deadline to "
                           "their answer, at most 1 s), so that answers arrive inside the budget on "
                           "a loaded machine; merge_margin_s stays the floor.")
+    latency_correction: bool = Field(
+        True, description="Scale each pool's predicted work (prefill, decode, scoring) by the median "
+                          "of actual / predicted over its requests of the last minute (a request "
+                          "its deadline cut counts as over), so the predictions the planner sizes "
+                          "plans by are unbiased; the per-branch speed factors stay beneath it.")
     score_reserve_s: float = Field(
         0.3, ge=0, description="Time kept for PRM scoring before the merge margin when the profile "
                                "has no scoring curve.")

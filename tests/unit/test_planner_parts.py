@@ -483,3 +483,52 @@ def test_wave_sizes_are_the_window_then_the_rest():
     assert wave_sizes(6, 3) == [3, 3]
     assert wave_sizes(3, 3) == [3] and wave_sizes(2, 3) == [2]
     assert wave_sizes(16, None) == [16]
+
+
+def test_the_keeper_corrects_predictions_by_the_median_of_actual_over_predicted():
+    clock = FakeClock()
+    keeper = _keeper(clock=clock)
+    merge = keeper.config.router.merge_margin_s
+    plan_request = PlanRequest(budget_s=10, max_tokens=100, method="majority", branches=1)
+    first = keeper.admit("first", plan_request)
+    assert first.predicted_s == pytest.approx(1.0 + merge) and first.latency_correction == 1.0
+    keeper.release("first")
+    # Requests take 60% of their predicted work (no branch observations: the speed factor
+    # stays 1), and 4 of 10 are cut at the deadline: those count as over, so the median is
+    # the largest of the 6 fast ones.
+    for i in range(10):
+        keeper.admit(f"r{i}", plan_request)
+        if i < 4:
+            keeper.release(f"r{i}", needed_margin_s=0.05)
+        else:
+            keeper.release(f"r{i}", predicted_s=1.0 + merge, actual_s=merge + (0.5 if i == 4 else 0.6))
+    plan = keeper.admit("p", plan_request)
+    assert plan.latency_correction == pytest.approx(0.6)
+    assert plan.predicted_s == pytest.approx(0.6 + merge)
+    assert keeper.status()["pools"]["a"]["latency_correction"] == pytest.approx(0.6)
+    # Learned against the uncorrected prediction: a request taking what is now predicted
+    # (0.6 of the uncorrected work) is a ratio of 0.6 again, not 1, so nothing drifts.
+    keeper.release("p", predicted_s=plan.predicted_s, actual_s=plan.predicted_s)
+    assert keeper.work_ratios["a"][-1][1] == pytest.approx(0.6)
+    # A majority cut pushes the median over: to the cap of 2.
+    for i in range(12):
+        keeper.admit(f"c{i}", plan_request)
+        keeper.release(f"c{i}", needed_margin_s=0.05)
+    assert keeper.admit("q", plan_request).latency_correction == 2.0
+    # Corrections expire with their requests: a minute later the profile stands alone again.
+    clock.now += 61
+    assert keeper.admit("s", plan_request).latency_correction == 1.0
+
+
+def test_the_latency_correction_can_be_turned_off():
+    config = AppConfig.model_validate({
+        "generators": [{"name": "a", "model_id": "m", "model_source": "x"}],
+        "router": {"latency_correction": False}})
+    prof = ClusterProfile(device="x", pools={"a": PoolProfile(model_id="m", curves=[
+        SpeedCurve(num_speculative_tokens=0, concurrency=[1, 64], seconds_per_token=[0.01, 0.01])])})
+    keeper = BudgetKeeper(config, prof, None, clock=FakeClock())
+    plan_request = PlanRequest(budget_s=10, max_tokens=100, method="majority", branches=1)
+    for i in range(12):
+        keeper.admit(f"r{i}", plan_request)
+        keeper.release(f"r{i}", needed_margin_s=0.05)
+    assert keeper.admit("p", plan_request).latency_correction == 1.0

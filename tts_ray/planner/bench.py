@@ -68,6 +68,13 @@ def _run(problems: Sequence[Problem], url: str, concurrency: int, label: str,
         "prediction_error_mean_signed": sum(errors) / len(errors) if errors else None,
         "latencies_s": [round(r.latency_s, 4) for r in results],
         "correct": [int(r.correct) for r in results],  # per problem, in dataset order (pairs rows)
+        # per problem: the plan that ran ("pool:B", None when rejected) and whether the deadline
+        # cut it (what a row's accuracy is made of)
+        "plan_per_problem": [f"{r.plan['pool']}:{r.plan['num_branches']}" if r.status == 200 and r.plan else None
+                             for r in results],
+        "cut_per_problem": [int(r.status == 200 and r.finish_reason == "deadline") for r in results],
+        "predicted_s_per_problem": [round(r.plan["predicted_s"], 4) if r.status == 200 and r.plan
+                                    and r.plan.get("predicted_s") else None for r in results],
         # the keeper's learned state right after the row: what the next row starts from
         "keeper_after": _keeper_snapshot(url),
     }
@@ -78,7 +85,8 @@ def _run(problems: Sequence[Problem], url: str, concurrency: int, label: str,
 
 
 def _keeper_snapshot(url: str) -> dict[str, Any] | None:
-    """The keeper's learned margin and per-pool speed factors now (None if status fails)."""
+    """The keeper's learned margin, per-pool speed factors (at the load now and per band) and
+    per-pool prediction error now (None if status fails)."""
     import httpx
 
     try:
@@ -86,7 +94,11 @@ def _keeper_snapshot(url: str) -> dict[str, Any] | None:
     except (httpx.HTTPError, ValueError):  # a diagnostic: the row stands without it
         return None
     return {"merge_margin_s": status.get("merge_margin_s"),
-            "speed_factor": {name: p.get("speed_factor") for name, p in status.get("pools", {}).items()}}
+            "speed_factor": {name: p.get("speed_factor") for name, p in status.get("pools", {}).items()},
+            "speed_factor_by_concurrency": {name: p.get("speed_factor_by_concurrency")
+                                            for name, p in status.get("pools", {}).items()},
+            "prediction_error_by_pool": {name: p.get("prediction_error")
+                                         for name, p in status.get("pools", {}).items()}}
 
 
 def _status(url: str) -> dict[str, Any]:

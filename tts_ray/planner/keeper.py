@@ -31,6 +31,15 @@ MARGIN_MAX_AGE_S = 60.0
 SPEED_FACTOR_HALF_LIFE_S = 10.0  # without observations the speed factor halves its distance to 1
 MARGIN_MIN_OBSERVED = 5
 MAX_MERGE_MARGIN_S = 1.0
+# The latency correction: the median of actual / predicted work over each pool's requests of
+# the last CORRECTION_MAX_AGE_S (at most CORRECTION_WINDOW of them, at least
+# CORRECTION_MIN_OBSERVED, else 1), within CORRECTION_RANGE. A median, because the requests the
+# deadline cut are known only to have taken longer than predicted: they count as over, which
+# is exact for the median while fewer than half are cut.
+CORRECTION_WINDOW = 50
+CORRECTION_MIN_OBSERVED = 10
+CORRECTION_MAX_AGE_S = 60.0
+CORRECTION_RANGE = (0.5, 2.0)
 RECENT_REQUESTS_ALPHA = 0.2  # weight of each admission in the recent-requests average
 ERROR_WINDOW = 200  # recent requests the reported prediction error covers
 
@@ -52,6 +61,7 @@ class _Admitted:
     concurrency: int
     admitted_at: float
     contention: float = 1.0  # the pool's contention factor when it was admitted
+    predicted_work_s: float | None = None  # predicted prefill + decode + scoring, uncorrected
 
 
 class BudgetKeeper:
@@ -91,6 +101,9 @@ class BudgetKeeper:
         self.needed_margins: list[tuple[float, float]] = []  # (when, generation deadline -> answer) of cut requests
         self.speed_updated_at = dict.fromkeys(self.loads, self.clock())
         self.recent_requests = 0.0  # EWMA of the requests in flight (all pools) at admissions
+        self.correct_latency = config.router.latency_correction
+        # per pool: (when, actual / predicted work) of recent requests; inf for one the deadline cut
+        self.work_ratios: dict[str, list[tuple[float, float]]] = {name: [] for name in self.loads}
 
     def merge_margin_s(self) -> float:
         """The margin kept before the deadline for stopping branches, merging and answering:
@@ -120,6 +133,7 @@ class BudgetKeeper:
             # plans keep the margin in force free before the deadline
             self.latency.deadline_reserve_s = margin_s - self.margin_floor_s
         self._fade_speed_factors()
+        self._refresh_corrections()
         try:
             plan = self.planner.plan(request, self.loads)
         except Exception:
@@ -133,8 +147,12 @@ class BudgetKeeper:
         concurrency = math.ceil((load.inflight_branches + first_wave) / load.replicas)
         load.inflight_branches += plan.num_branches
         load.active_requests += 1
+        # The work the prediction expects before the merge, without the correction: what the
+        # correction is learned against (learned against itself it would chase its own tail).
+        work_s = (None if plan.predicted_s is None or self.latency is None
+                  else max(0.0, plan.predicted_s - self.latency.merge_margin_s) / load.latency_correction)
         self.admitted[request_id] = _Admitted(plan.pool, plan.num_branches, concurrency, self.clock(),
-                                              contention=load.contention)
+                                              contention=load.contention, predicted_work_s=work_s)
         self._refresh_contention()  # the chosen pool is busy now: its group's other pools slow down
         self.counts["admitted"] += 1
         plan.merge_margin_s = margin_s
@@ -143,9 +161,10 @@ class BudgetKeeper:
     def release(self, request_id: str, observations: list[BranchObservation] | None = None,
                 predicted_s: float | None = None, actual_s: float | None = None,
                 needed_margin_s: float | None = None) -> None:
-        """Free a request's branches and learn from its finished branches, and, for a request
-        whose generation was cut at its deadline, from the time it then took to answer
-        (``needed_margin_s``). Unknown ids are ignored (a release may be retried)."""
+        """Free a request's branches and learn from its finished branches, from its time to the
+        answer against the prediction (``actual_s``, None when the answer is partial), and, for
+        a request whose generation was cut at its deadline (``needed_margin_s`` given), from the
+        time it then took to answer. Unknown ids are ignored (a release may be retried)."""
         entry = self.admitted.pop(request_id, None)
         if entry is None:
             return
@@ -166,6 +185,27 @@ class BudgetKeeper:
             self.errors_by_pool[entry.pool] = (self.errors_by_pool[entry.pool] + [error])[-ERROR_WINDOW:]
         for obs in observations or []:
             self._observe(entry, obs, contention)
+        cut = needed_margin_s is not None
+        if entry.predicted_work_s and (cut or actual_s is not None):
+            ratio = math.inf if cut else \
+                max(0.0, actual_s - self.latency.merge_margin_s) / entry.predicted_work_s
+            self.work_ratios[entry.pool] = (self.work_ratios[entry.pool]
+                                            + [(self.clock(), ratio)])[-CORRECTION_WINDOW:]
+
+    def _refresh_corrections(self) -> None:
+        """Set each pool's latency correction from its recent work ratios (see CORRECTION_*);
+        1 when off, with too few of them, or once they are older than CORRECTION_MAX_AGE_S (a
+        correction learned in a bad moment must not outlive it)."""
+        now = self.clock()
+        for name, load in self.loads.items():
+            recent = [r for at, r in self.work_ratios[name] if now - at <= CORRECTION_MAX_AGE_S]
+            if not self.correct_latency or len(recent) < CORRECTION_MIN_OBSERVED:
+                load.latency_correction = 1.0
+                continue
+            ordered = sorted(recent)
+            middle = len(ordered) // 2
+            median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+            load.latency_correction = min(max(median, CORRECTION_RANGE[0]), CORRECTION_RANGE[1])
 
     def _fade_speed_factors(self) -> None:
         """Move each pool's speed factors towards 1 (the profile) by the time since it was
@@ -217,6 +257,7 @@ class BudgetKeeper:
                              "speed_factor_by_concurrency": {f"<={2 ** band}": round(f, 4)
                                                              for band, f in sorted(l.speed_factors.items())},
                              "compute_group": l.compute_group, "contention": l.contention,
+                             "latency_correction": round(l.latency_correction, 4),
                              "tokens_per_step": self.tokens_per_step[name],
                              "prediction_error": _error_summary(self.errors_by_pool[name])}
                       for name, l in self.loads.items()},

@@ -37,6 +37,9 @@ class PoolLoad:
     compute_group: str | None = None  # pools of one group share a device (config.compute_group)
     co_busy: int = 0  # other pools of the group with branches in flight (set by the keeper)
     group_slowdown: float = 1.0  # what each busy co-group pool adds (config.compute_group_slowdown)
+    # median actual / predicted work of the pool's recent requests (set by the keeper): what the
+    # speed factors, learned branch by branch, still leave wrong about whole requests
+    latency_correction: float = 1.0
 
     def speed_factor_at(self, concurrency: int) -> float:
         """The live correction at ``concurrency`` sequences per replica: the factor learned in
@@ -90,9 +93,9 @@ class Prediction:
 
 
 class LatencyModel:
-    """``predict`` = prefill + E[longest branch] x seconds-per-token(concurrency per replica)
-    x contention x live speed factor (at that concurrency) + reward scoring + merge time (the configured merge
-    margin); ``deadline_reserve_s`` (set by the keeper: its learned margin beyond the configured
+    """``predict`` = (prefill + E[longest branch] x seconds-per-token(concurrency per replica)
+    x contention x live speed factor (at that concurrency) + reward scoring) x the pool's
+    latency correction + merge time (the configured merge margin); ``deadline_reserve_s`` (set by the keeper: its learned margin beyond the configured
     one) is kept free before the deadline but is not part of the predicted latency.
 
     Contention is the number of engines decoding on the pool's device: pools of one compute
@@ -144,9 +147,9 @@ class LatencyModel:
         for size in waves:
             concurrency = math.ceil((load.inflight_branches + size) / max(1, load.replicas))
             seconds_per_token = (curve.seconds_per_token_at(concurrency) * load.contention
-                                 * load.speed_factor_at(concurrency))
+                                 * load.speed_factor_at(concurrency) * load.latency_correction)
             decode_s += self.expected_tokens(load.model_id, size, max_tokens) * seconds_per_token
-            prefill_s += curve.prefill_s * load.contention
+            prefill_s += curve.prefill_s * load.contention * load.latency_correction
         # tokens_by() reads the deadline in tokens of the plan's longest branch, which the
         # accuracy table cuts all B branches at. In waves that is an approximation: the decode
         # time of all the waves is spread over the longest branch of B as if it decoded slower,
@@ -158,7 +161,7 @@ class LatencyModel:
         parts = {"prefill": prefill_s, "decode": decode_s, "merge": self.merge_margin_s}
         if method in SCORED and self.profile.scoring is not None:
             calls = self.max_search_steps if method in SEARCH else 1
-            parts["score"] = calls * self.profile.scoring.seconds(branches)
+            parts["score"] = calls * self.profile.scoring.seconds(branches) * load.latency_correction
         if method in SEARCH:
             parts["prefill"] *= self.max_search_steps
         return Prediction(total_s=sum(parts.values()), parts_s=parts,

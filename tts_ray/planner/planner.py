@@ -49,7 +49,7 @@ class Plan:
     method: str
     num_branches: int
     num_speculative_tokens: int
-    predicted_s: float | None
+    predicted_s: float | None  # at the load in flight now: what the prediction error is measured on
     expected_accuracy: float | None
     auto: bool
     fair_share: int | None = None
@@ -57,6 +57,10 @@ class Plan:
     predicted_parts_s: dict[str, float] = field(default_factory=dict)
     branch_finish_probability: float | None = None  # P(a branch ends before the deadline)
     merge_margin_s: float | None = None  # set by the keeper: its learned margin
+    # an auto plan is chosen on a burst-sized load (see Planner._planning_load): its prediction
+    # there, which is not what the request is expected to take if the burst does not come
+    planned_s: float | None = None
+    latency_correction: float | None = None  # the pool's correction the prediction includes
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -172,11 +176,17 @@ class Planner:
         _, name, method, branches, prediction, accuracy, share = best
         load = profiled[name]
         finish = self._finish_probability(load.model_id, prediction, request.budget_s, request.max_tokens)
+        # The reported prediction is at the load in flight now: the burst the plan was sized for
+        # may not come, and the prediction error (and the keeper's correction) is measured on it.
+        now = self.latency.predict(name, load, method, branches, request.max_tokens,
+                                   window=request.early_stop_window)
         return Plan(pool=name, model_id=load.model_id, method=method, num_branches=branches,
-                    num_speculative_tokens=load.num_speculative_tokens, predicted_s=prediction.total_s,
+                    num_speculative_tokens=load.num_speculative_tokens, predicted_s=now.total_s,
                     expected_accuracy=accuracy, auto=auto, fair_share=share if auto else None,
-                    candidates=considered, predicted_parts_s=prediction.parts_s,
-                    branch_finish_probability=round(finish, 4))
+                    candidates=considered, predicted_parts_s=now.parts_s,
+                    branch_finish_probability=round(finish, 4),
+                    planned_s=prediction.total_s if prediction.total_s != now.total_s else None,
+                    latency_correction=round(load.latency_correction, 4))
 
     @staticmethod
     def _planning_load(load: PoolLoad, branches: int) -> PoolLoad:

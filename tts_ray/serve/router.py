@@ -430,8 +430,9 @@ class Router:
             "latency_budget_s": options["budget_s"],
             "early_stop": ctx.early_stop is not None,
             "plan": {key: plan[key] for key in ("pool", "model_id", "method", "num_branches",
-                                                "num_speculative_tokens", "predicted_s",
-                                                "expected_accuracy", "auto", "fair_share")},
+                                                "num_speculative_tokens", "predicted_s", "planned_s",
+                                                "latency_correction", "expected_accuracy", "auto",
+                                                "fair_share")},
             "search_steps": result.search_steps,
             "seed_applied": options.get("seed_applied"),
             # What went wrong and how the answer coped: branches whose replica failed (after any
