@@ -515,6 +515,11 @@ def test_the_keeper_corrects_predictions_by_the_median_of_actual_over_predicted(
         keeper.admit(f"c{i}", plan_request)
         keeper.release(f"c{i}", needed_margin_s=0.05)
     assert keeper.admit("q", plan_request).latency_correction == 2.0
+    # It sizes plans but does not decide admission: one branch (1 s of work uncorrected, 2 s
+    # corrected) is still admitted under a 1.5 s budget, or no request would ever be admitted
+    # to show the correction wrong.
+    tight = keeper.admit("t", PlanRequest(budget_s=1.5, max_tokens=100, method="majority", branches=None))
+    assert tight.num_branches == 1 and tight.predicted_s == pytest.approx(2.0 + merge)
     # Corrections expire with their requests: a minute later the profile stands alone again.
     clock.now += 61
     assert keeper.admit("s", plan_request).latency_correction == 1.0

@@ -147,8 +147,8 @@ class Planner:
                     prediction = self.latency.predict(name, planning_load, method, branches, request.max_tokens,
                                                       window=request.early_stop_window)
                     if branches == 1:  # 429 only when one branch cannot make it under today's load
-                        now = prediction if planning_load is load else \
-                            self.latency.predict(name, load, method, 1, request.max_tokens)
+                        now = self.latency.predict(name, self._admission_load(load), method, 1,
+                                                   request.max_tokens)
                         if quickest_single is None or now.needed_s < quickest_single[0]:
                             quickest_single = (now.needed_s, name)
                     # Accuracy as the deadline leaves it: branches still running then are cut,
@@ -166,7 +166,8 @@ class Planner:
         if quickest_single is None:
             # Fixed B > 1 was asked for: check that one branch could still make it.
             for name, load in profiled.items():
-                p = self.latency.predict(name, load, request.method or "single", 1, request.max_tokens)
+                p = self.latency.predict(name, self._admission_load(load), request.method or "single", 1,
+                                         request.max_tokens)
                 if quickest_single is None or p.needed_s < quickest_single[0]:
                     quickest_single = (p.needed_s, name)
         if quickest_single[0] > request.budget_s:
@@ -187,6 +188,15 @@ class Planner:
                     branch_finish_probability=round(finish, 4),
                     planned_s=prediction.total_s if prediction.total_s != now.total_s else None,
                     latency_correction=round(load.latency_correction, 4))
+
+    @staticmethod
+    def _admission_load(load: PoolLoad) -> PoolLoad:
+        """The load the 429 test predicts one branch on: today's, without the latency
+        correction. The correction is learned from admitted requests only; one that turned
+        every request away (after a run of requests cut at the deadline, which count as over)
+        would never see the evidence that lowers it again, so it sizes plans but does not
+        decide admission."""
+        return load if load.latency_correction == 1.0 else replace(load, latency_correction=1.0)
 
     @staticmethod
     def _planning_load(load: PoolLoad, branches: int) -> PoolLoad:
