@@ -50,7 +50,6 @@ def test_auto_plan_fits_the_budget_and_says_what_it_chose(service_url):
     assert plan["auto"] and plan["pool"] in ("spec", "plain")
     assert plan["num_speculative_tokens"] == (4 if plan["pool"] == "spec" else 0)
     assert 1 <= plan["num_branches"] <= 64 and plan["predicted_s"] <= 5
-    assert plan["planned_s"] is None or plan["planned_s"] >= plan["predicted_s"]  # sized for a burst
     assert plan["expected_accuracy"] is not None  # from the testbed calibration
     counts = out["tts"]["branch_counts"]
     assert counts["finished"] + counts["stopped"] + counts["cancelled"] == plan["num_branches"]
