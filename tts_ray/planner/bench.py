@@ -4,7 +4,9 @@ written to ``bench/results/planner.json``.
 At concurrency C over the same problems, for each latency budget: every fixed (B, k) of a
 grid and the auto planner (``branches: "auto"``, ``num_speculative_tokens: "auto"``), all
 with majority voting. Then majority at B branches with and without early stopping under a
-loose budget. Figures:
+loose budget. Each of the C clients sends its next problem when the last is answered; with
+``max_attempts`` > 1 (the CLI's default is 3) a client answered 429 waits the Retry-After and
+sends the same problem again. Figures:
 
 - ``p99_over_budget_ms``: 99th percentile of (response time - budget) over every budgeted
   request of the run, in ms (negative: answers came before their deadline);
