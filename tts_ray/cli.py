@@ -217,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--early-stop-limit", type=int, default=None,
                    help="ARITH-500 problems of the early-stopping comparison (default --limit)")
-    p.add_argument("--max-attempts", type=int, default=3,
+    p.add_argument("--max-attempts", type=positive_int, default=3,
                    help="attempts per problem: a 429 is retried after its Retry-After, up to this many "
                         "in all, as a well-behaved client does (1: a 429 is final and the client moves "
                         "on to its next problem at once)")

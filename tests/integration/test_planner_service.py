@@ -51,6 +51,7 @@ def test_auto_plan_fits_the_budget_and_says_what_it_chose(service_url):
     assert plan["num_speculative_tokens"] == (4 if plan["pool"] == "spec" else 0)
     assert 1 <= plan["num_branches"] <= 64 and plan["predicted_s"] <= 5
     assert plan["expected_accuracy"] is not None  # from the testbed calibration
+    assert plan["latency_correction"] > 0 and "planned_s" in plan  # what the prediction includes
     counts = out["tts"]["branch_counts"]
     assert counts["finished"] + counts["stopped"] + counts["cancelled"] == plan["num_branches"]
 
@@ -116,6 +117,5 @@ def test_keeper_status_reports_pools_and_prediction_error(service_url):
     # local.yaml puts both pools on the node's cores: idle now, each would decode alone
     assert {p["compute_group"] for p in status["pools"].values()} == {"node-cpu"}
     assert all(p["contention"] == 1 for p in status["pools"].values())
-    assert all(0.5 <= p["latency_correction"] <= 2 for p in status["pools"].values())
     assert sum(p["prediction_error"]["requests"] for p in status["pools"].values()) >= \
         status["prediction_error"]["requests"]

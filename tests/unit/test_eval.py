@@ -55,8 +55,11 @@ class FakeService(BaseHTTPRequestHandler):
         if FakeService.rejections.get(index, 0) > 0:
             FakeService.rejections[index] -= 1
             data = json.dumps({"error": {"message": "latency_budget_s=1 cannot be met"}}).encode()
-            self.send_response(429)
-            self.send_header("Retry-After", "0")
+            if index == 2:  # shed by back-pressure, without a Retry-After: the client waits 1 s
+                self.send_response(503)
+            else:
+                self.send_response(429)
+                self.send_header("Retry-After", "0")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -193,13 +196,15 @@ def test_retry_after_header_parsing():
 
 def test_rejected_problems_are_retried_after_retry_after(fake_url, tmp_path):
     # problem 0: two 429s, then answered; problem 1: three 429s, more than 3 attempts allow
-    FakeService.rejections = {0: 2, 1: 3}
+    # problem 2: one 503 without Retry-After
+    FakeService.rejections = {0: 2, 1: 3, 2: 1}
     run_eval(EvalConfig(dataset="arith500", limit=3, url=fake_url, concurrency=2, out=tmp_path / "a",
                         request=EvalRequest(max_attempts=3), progress=False))
     rows = [json.loads(line) for line in (tmp_path / "a" / "results.jsonl").read_text().splitlines()]
     assert [(r["status"], r["attempts"], r["correct"]) for r in rows] == [(200, 3, True), (429, 3, False),
-                                                                        (200, 1, True)]
-    assert len(FakeService.bodies) == 3 + 3 + 1
+                                                                        (200, 2, True)]
+    assert [r["retry_wait_s"] for r in rows] == [0.0, 0.0, 1.0]
+    assert len(FakeService.bodies) == 3 + 3 + 2
     # without retries a 429 is the problem's result
     FakeService.rejections = {0: 1}
     run_eval(EvalConfig(dataset="arith500", limit=1, url=fake_url, concurrency=1, out=tmp_path / "b",

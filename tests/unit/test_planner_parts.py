@@ -7,6 +7,7 @@ from pydantic import ValidationError
 
 from tts_ray.config import AppConfig
 from tts_ray.planner.calibration import (
+    Calibration,
     ModelCalibration,
     TokenLimitedAccuracy,
     accuracy_by_tokens,
@@ -132,13 +133,19 @@ class FakeClock:
         return self.now
 
 
-def _keeper(profile=True, clock=None):
+def _keeper(profile=True, clock=None, calibrated=False):
+    """Pool "a" (2 replicas x 8 slots) profiled flat at 0.01 s per token; ``calibrated``: every
+    branch of model "m" is 100 tokens long, so a 100-token plan's prediction is a time, not a
+    worst case."""
     config = AppConfig.model_validate({"generators": [
         {"name": "a", "model_id": "m", "model_source": "x", "num_replicas": 2, "max_ongoing_requests": 8}]})
     prof = ClusterProfile(device="x", pools={"a": PoolProfile(model_id="m", curves=[
         SpeedCurve(num_speculative_tokens=0, concurrency=[1, 64], seconds_per_token=[0.01, 0.01],
                    prefill_s=0.0)])}) if profile else None
-    return BudgetKeeper(config, prof, None, ewma_alpha=0.5, clock=clock or FakeClock())
+    calibration = Calibration(dataset="s", problems=1, samples_per_problem=8, temperature=0.7, models={
+        "m": ModelCalibration(accuracy={"majority": [0.5] * 8, "single": [0.5]}, lengths=[100], max_tokens=100)}) \
+        if calibrated else None
+    return BudgetKeeper(config, prof, calibration, ewma_alpha=0.5, clock=clock or FakeClock())
 
 
 def test_keeper_reserves_and_releases_branches():
@@ -487,7 +494,7 @@ def test_wave_sizes_are_the_window_then_the_rest():
 
 def test_the_keeper_corrects_predictions_by_the_median_of_actual_over_predicted():
     clock = FakeClock()
-    keeper = _keeper(clock=clock)
+    keeper = _keeper(clock=clock, calibrated=True)
     merge = keeper.config.router.merge_margin_s
     plan_request = PlanRequest(budget_s=10, max_tokens=100, method="majority", branches=1)
     first = keeper.admit("first", plan_request)
@@ -537,3 +544,40 @@ def test_the_latency_correction_can_be_turned_off():
         keeper.admit(f"r{i}", plan_request)
         keeper.release(f"r{i}", needed_margin_s=0.05)
     assert keeper.admit("p", plan_request).latency_correction == 1.0
+
+
+def test_the_correction_learns_only_from_predictions_of_time():
+    plan_request = PlanRequest(budget_s=10, max_tokens=100, method="majority", branches=1)
+
+    def fast_requests(keeper, request, count=12):
+        for i in range(count):
+            keeper.admit(f"r{i}", request)
+            keeper.release(f"r{i}", predicted_s=1.1, actual_s=0.35)  # a quarter of the work
+        return keeper.admit("next", request).latency_correction
+
+    # uncalibrated, a branch is predicted at max_tokens: a worst case, not a time
+    assert fast_requests(_keeper(), plan_request) == 1.0
+    # early stopping is predicted as if no wave were saved
+    waves = PlanRequest(budget_s=10, max_tokens=100, method="majority", branches=6, early_stop_window=3)
+    assert fast_requests(_keeper(calibrated=True), waves) == 1.0
+    assert fast_requests(_keeper(calibrated=True), plan_request) == pytest.approx(0.5)  # 0.25, capped
+
+    # a plan already predicted over its budget was expected to be cut: its cut is not counted
+    keeper = _keeper(calibrated=True)
+    keeper.latency.profile = ClusterProfile(device="x", pools={"a": PoolProfile(model_id="m", curves=[
+        SpeedCurve(num_speculative_tokens=0, concurrency=[1, 64], seconds_per_token=[0.01, 0.64])])})
+    over = PlanRequest(budget_s=2, max_tokens=100, method="majority", branches=16)
+    for i in range(12):
+        # 16 branches at 8 a replica: 8 s predicted, admitted because one branch fits, then cut
+        assert keeper.admit(f"o{i}", over).predicted_s > 2
+        keeper.release(f"o{i}", needed_margin_s=0.05)
+    assert keeper.work_ratios["a"] == []
+    # a cut flagged by the router (a request its backstop timed out) counts as over
+    for i in range(5):
+        keeper.admit(f"t{i}", plan_request)
+        keeper.release(f"t{i}", cut=True)
+    for i in range(5):
+        keeper.admit(f"f{i}", plan_request)
+        keeper.release(f"f{i}", predicted_s=1.1, actual_s=0.9)
+    # exactly half over: the lower median, 0.8 (the mean of the middle pair would be inf)
+    assert keeper.status()["pools"]["a"]["latency_correction"] == pytest.approx(0.8)

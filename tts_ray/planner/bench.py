@@ -170,7 +170,7 @@ def _difference_ci95_points(a: dict[str, Any], b: dict[str, Any]) -> list[float]
 def run_planner_bench(url: str, out: str | Path, limit: int = 100, budgets_s: Sequence[float] = (1.5, 3.0, 6.0),
                       branches: Sequence[int] = (1, 4, 8, 16), draft_lengths: Sequence[int] = (0, 4),
                       concurrency: int = 8, early_stop_branches: int = 16, early_stop_budget_s: float = 60.0,
-                      early_stop_limit: int | None = None, max_attempts: int = 1,
+                      early_stop_limit: int | None = None, max_attempts: int = 3,
                       command: str = "tts-ray bench-planner") -> dict[str, Any]:
     """Run the planner benchmark against the service at ``url``; write and return the figures.
 
@@ -216,9 +216,11 @@ def run_planner_bench(url: str, out: str | Path, limit: int = 100, budgets_s: Se
                            "gap_ci95_points_paired": _paired_difference_ci95_points(best, auto)})
     full_results: list = []
     full = _run(stop_problems, url, concurrency, f"B={early_stop_branches} full", branches=early_stop_branches,
-                latency_budget_s=early_stop_budget_s, early_stop=False, results_out=full_results)
+                latency_budget_s=early_stop_budget_s, early_stop=False, results_out=full_results,
+                max_attempts=max_attempts)
     early = _run(stop_problems, url, concurrency, f"B={early_stop_branches} early stop",
-                 branches=early_stop_branches, latency_budget_s=early_stop_budget_s, early_stop=True)
+                 branches=early_stop_branches, latency_budget_s=early_stop_budget_s, early_stop=True,
+                 max_attempts=max_attempts)
     status = _status(url)
     paired = paired_early_stop(full_results, stop_problems, status.get("early_stop_rule"), early_stop_branches)
     figures = {

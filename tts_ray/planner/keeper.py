@@ -62,6 +62,7 @@ class _Admitted:
     admitted_at: float
     contention: float = 1.0  # the pool's contention factor when it was admitted
     predicted_work_s: float | None = None  # predicted prefill + decode + scoring, uncorrected
+    fits: bool = True  # the plan's prediction (corrected, with the reserve) was inside the budget
 
 
 class BudgetKeeper:
@@ -149,10 +150,18 @@ class BudgetKeeper:
         load.active_requests += 1
         # The work the prediction expects before the merge, without the correction: what the
         # correction is learned against (learned against itself it would chase its own tail).
-        work_s = (None if plan.predicted_s is None or self.latency is None
-                  else max(0.0, plan.predicted_s - self.latency.merge_margin_s) / load.latency_correction)
+        # Learned only where the prediction is of time, not of a worst case: without a
+        # calibration a branch is predicted at max_tokens, and an early-stopping request as if
+        # no wave were saved, so their ratios would say how short the answers were.
+        learns = (plan.predicted_s is not None and self.latency is not None
+                  and request.early_stop_window is None and self.latency.calibration is not None
+                  and load.model_id in self.latency.calibration.models)
+        work_s = (max(0.0, plan.predicted_s - self.latency.merge_margin_s) / load.latency_correction
+                  if learns else None)
+        fits = plan.predicted_s is not None and \
+            plan.predicted_s + (self.latency.deadline_reserve_s if self.latency else 0.0) <= request.budget_s
         self.admitted[request_id] = _Admitted(plan.pool, plan.num_branches, concurrency, self.clock(),
-                                              contention=load.contention, predicted_work_s=work_s)
+                                              contention=load.contention, predicted_work_s=work_s, fits=fits)
         self._refresh_contention()  # the chosen pool is busy now: its group's other pools slow down
         self.counts["admitted"] += 1
         plan.merge_margin_s = margin_s
@@ -160,11 +169,13 @@ class BudgetKeeper:
 
     def release(self, request_id: str, observations: list[BranchObservation] | None = None,
                 predicted_s: float | None = None, actual_s: float | None = None,
-                needed_margin_s: float | None = None) -> None:
+                needed_margin_s: float | None = None, cut: bool | None = None) -> None:
         """Free a request's branches and learn from its finished branches, from its time to the
         answer against the prediction (``actual_s``, None when the answer is partial), and, for
-        a request whose generation was cut at its deadline (``needed_margin_s`` given), from the
-        time it then took to answer. Unknown ids are ignored (a release may be retried)."""
+        a request whose generation was cut at its deadline (``cut``; None: whether
+        ``needed_margin_s`` is given), from the time it then took to answer. Unknown ids are
+        ignored (a release may be retried)."""
+        cut = needed_margin_s is not None if cut is None else cut
         entry = self.admitted.pop(request_id, None)
         if entry is None:
             return
@@ -185,8 +196,9 @@ class BudgetKeeper:
             self.errors_by_pool[entry.pool] = (self.errors_by_pool[entry.pool] + [error])[-ERROR_WINDOW:]
         for obs in observations or []:
             self._observe(entry, obs, contention)
-        cut = needed_margin_s is not None
-        if entry.predicted_work_s and (cut or actual_s is not None):
+        if not entry.predicted_work_s or (cut and not entry.fits):
+            return  # a plan predicted over its budget was expected to be cut: that says nothing
+        if cut or actual_s is not None:
             ratio = math.inf if cut else \
                 max(0.0, actual_s - self.latency.merge_margin_s) / entry.predicted_work_s
             self.work_ratios[entry.pool] = (self.work_ratios[entry.pool]
@@ -202,9 +214,8 @@ class BudgetKeeper:
             if not self.correct_latency or len(recent) < CORRECTION_MIN_OBSERVED:
                 load.latency_correction = 1.0
                 continue
-            ordered = sorted(recent)
-            middle = len(ordered) // 2
-            median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+            # the lower median: with exactly half cut, the mean of the middle pair would be inf
+            median = sorted(recent)[(len(recent) - 1) // 2]
             load.latency_correction = min(max(median, CORRECTION_RANGE[0]), CORRECTION_RANGE[1])
 
     def _fade_speed_factors(self) -> None:
@@ -247,7 +258,9 @@ class BudgetKeeper:
             self.loads[pool].replicas = replicas
 
     def status(self) -> dict[str, Any]:
-        """In-flight branches, live speed factors and the latency model's recent error."""
+        """In-flight branches, live speed factors, latency corrections and the latency model's
+        recent error."""
+        self._refresh_corrections()  # expired ones read 1, as the next plan would use
         return {
             "pools": {name: {"model_id": l.model_id, "num_speculative_tokens": l.num_speculative_tokens,
                              "replicas": l.replicas, "slots": l.slots_per_replica * l.replicas,

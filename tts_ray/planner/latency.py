@@ -94,8 +94,8 @@ class Prediction:
 
 class LatencyModel:
     """``predict`` = (prefill + E[longest branch] x seconds-per-token(concurrency per replica)
-    x contention x live speed factor (at that concurrency) + reward scoring) x the pool's
-    latency correction + merge time (the configured merge margin); ``deadline_reserve_s`` (set by the keeper: its learned margin beyond the configured
+    x contention x live speed factor (at that concurrency)) x the pool's latency correction +
+    reward scoring + merge time (the configured merge margin); ``deadline_reserve_s`` (set by the keeper: its learned margin beyond the configured
     one) is kept free before the deadline but is not part of the predicted latency.
 
     Contention is the number of engines decoding on the pool's device: pools of one compute
@@ -161,7 +161,9 @@ class LatencyModel:
         parts = {"prefill": prefill_s, "decode": decode_s, "merge": self.merge_margin_s}
         if method in SCORED and self.profile.scoring is not None:
             calls = self.max_search_steps if method in SEARCH else 1
-            parts["score"] = calls * self.profile.scoring.seconds(branches) * load.latency_correction
+            # not corrected: the router reserves this much for scoring before the deadline,
+            # and a correction below 1 must not cut that reserve
+            parts["score"] = calls * self.profile.scoring.seconds(branches)
         if method in SEARCH:
             parts["prefill"] *= self.max_search_steps
         return Prediction(total_s=sum(parts.values()), parts_s=parts,

@@ -50,9 +50,10 @@ class BudgetServer:
 
     async def release(self, request_id: str, observations: list[dict[str, Any]],
                       predicted_s: float | None, actual_s: float | None,
-                      needed_margin_s: float | None = None) -> None:
+                      needed_margin_s: float | None = None, cut: bool | None = None) -> None:
         self.keeper.release(request_id, [BranchObservation(**o) for o in observations],
-                            predicted_s=predicted_s, actual_s=actual_s, needed_margin_s=needed_margin_s)
+                            predicted_s=predicted_s, actual_s=actual_s, needed_margin_s=needed_margin_s,
+                            cut=cut)
 
     async def status(self) -> dict[str, Any]:
         return self.keeper.status()

@@ -217,12 +217,14 @@ class Router:
         plan = admitted["plan"]
         ctx = self._context(body, options, plan, deadline_s=received_unix + options["budget_s"])
         result: MethodResult | None = None
+        timed_out = False
         try:
             started = time.perf_counter()
             # The methods stop their branches before the deadline; this is only the backstop.
             hard_limit_s = max(0.0, options["budget_s"] - (started - received)) + HARD_DEADLINE_GRACE_S
             result = await asyncio.wait_for(METHODS[plan["method"]](ctx, options["prompt"]), timeout=hard_limit_s)
         except asyncio.TimeoutError:
+            timed_out = True
             return _error_response(APIError(
                 408, f"no answer within latency_budget_s={options['budget_s']}", type="timeout_error",
                 param="tts.latency_budget_s", code="deadline_exceeded"))
@@ -234,7 +236,7 @@ class Router:
                 503, f"no branch could be answered ({type(error).__name__}); retry shortly",
                 type="service_unavailable_error", code="branches_failed"), headers={"Retry-After": "1"})
         finally:
-            self._release(request_id, plan, result, time.perf_counter() - received, ctx)
+            self._release(request_id, plan, result, time.perf_counter() - received, ctx, timed_out)
         result.timings_s["queue"] = started - received
         result.timings_s["total"] = time.perf_counter() - received
         payload = self._response(result, plan, ctx, options, chat)
@@ -261,21 +263,23 @@ class Router:
         task.add_done_callback(self._background.discard)
 
     def _release(self, request_id: str, plan: dict[str, Any], result: MethodResult | None,
-                 elapsed_s: float, ctx: MethodContext | None = None) -> None:
+                 elapsed_s: float, ctx: MethodContext | None = None, timed_out: bool = False) -> None:
         """Tell the keeper the request's branches are free (in the background: the answer
-        does not wait for the ledger), and, when the deadline cut its generation, how long the
-        answer took from the margin's start (what the keeper's learned margin follows)."""
+        does not wait for the ledger), whether the deadline cut it (its branches stopped, or
+        the backstop ``timed_out``), and, when branches were stopped, how long the answer
+        took from the margin's start (what the keeper's learned margin follows)."""
         observations = observations_of(result.branches) if result is not None else []
         actual_s = elapsed_s if result is not None and not result.partial else None
         needed_margin_s = None
-        if ctx is not None and ctx.deadline_s is not None and (ctx.stats.stopped or ctx.stats.cancelled):
+        stopped = ctx is not None and ctx.deadline_s is not None and bool(ctx.stats.stopped or ctx.stats.cancelled)
+        if stopped:
             needed_margin_s = time.time() - (ctx.deadline_s - ctx.merge_margin_s)
         self._spawn(self._send_release(request_id, observations, plan.get("predicted_s"), actual_s,
-                                       needed_margin_s))
+                                       needed_margin_s, stopped or timed_out))
 
     async def _send_release(self, request_id, observations, predicted_s, actual_s,
-                            needed_margin_s=None) -> None:
-        await self.budget.release.remote(request_id, observations, predicted_s, actual_s, needed_margin_s)
+                            needed_margin_s=None, cut=False) -> None:
+        await self.budget.release.remote(request_id, observations, predicted_s, actual_s, needed_margin_s, cut)
 
     async def _parse(self, request: Request, model):
         router = self.config.router
