@@ -229,7 +229,7 @@ class RouterConfig(_Strict):
                           "their answer, at most 1 s), so that answers arrive inside the budget on "
                           "a loaded machine; merge_margin_s stays the floor.")
     latency_correction: bool = Field(
-        True, description="Scale each pool's predicted work (prefill, decode, scoring) by the median "
+        True, description="Scale each pool's predicted work (prefill and decode) by the median "
                           "of actual / predicted over its requests of the last minute (a request "
                           "its deadline cut counts as over), so the predictions the planner sizes "
                           "plans by are unbiased; the per-branch speed factors stay beneath it.")

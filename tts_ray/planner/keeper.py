@@ -61,7 +61,8 @@ class _Admitted:
     concurrency: int
     admitted_at: float
     contention: float = 1.0  # the pool's contention factor when it was admitted
-    predicted_work_s: float | None = None  # predicted prefill + decode + scoring, uncorrected
+    predicted_work_s: float | None = None  # predicted prefill + decode, uncorrected
+    predicted_fixed_s: float = 0.0  # predicted merge + scoring: not corrected, taken off the actual
     fits: bool = True  # the plan's prediction (corrected, with the reserve) was inside the budget
 
 
@@ -156,12 +157,14 @@ class BudgetKeeper:
         learns = (plan.predicted_s is not None and self.latency is not None
                   and request.early_stop_window is None and self.latency.calibration is not None
                   and load.model_id in self.latency.calibration.models)
-        work_s = (max(0.0, plan.predicted_s - self.latency.merge_margin_s) / load.latency_correction
+        parts = plan.predicted_parts_s
+        work_s = ((parts.get("prefill", 0.0) + parts.get("decode", 0.0)) / load.latency_correction
                   if learns else None)
         fits = plan.predicted_s is not None and \
             plan.predicted_s + (self.latency.deadline_reserve_s if self.latency else 0.0) <= request.budget_s
         self.admitted[request_id] = _Admitted(plan.pool, plan.num_branches, concurrency, self.clock(),
-                                              contention=load.contention, predicted_work_s=work_s, fits=fits)
+                                              contention=load.contention, predicted_work_s=work_s, fits=fits,
+                                              predicted_fixed_s=parts.get("merge", 0.0) + parts.get("score", 0.0))
         self._refresh_contention()  # the chosen pool is busy now: its group's other pools slow down
         self.counts["admitted"] += 1
         plan.merge_margin_s = margin_s
@@ -199,8 +202,7 @@ class BudgetKeeper:
         if not entry.predicted_work_s or (cut and not entry.fits):
             return  # a plan predicted over its budget was expected to be cut: that says nothing
         if cut or actual_s is not None:
-            ratio = math.inf if cut else \
-                max(0.0, actual_s - self.latency.merge_margin_s) / entry.predicted_work_s
+            ratio = math.inf if cut else max(0.0, actual_s - entry.predicted_fixed_s) / entry.predicted_work_s
             self.work_ratios[entry.pool] = (self.work_ratios[entry.pool]
                                             + [(self.clock(), ratio)])[-CORRECTION_WINDOW:]
 

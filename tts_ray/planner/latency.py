@@ -95,8 +95,9 @@ class Prediction:
 class LatencyModel:
     """``predict`` = (prefill + E[longest branch] x seconds-per-token(concurrency per replica)
     x contention x live speed factor (at that concurrency)) x the pool's latency correction +
-    reward scoring + merge time (the configured merge margin); ``deadline_reserve_s`` (set by the keeper: its learned margin beyond the configured
-    one) is kept free before the deadline but is not part of the predicted latency.
+    reward scoring + merge time (the configured merge margin); ``deadline_reserve_s`` (set by
+    the keeper: its learned margin beyond the configured one) is kept free before the deadline
+    but is not part of the predicted latency.
 
     Contention is the number of engines decoding on the pool's device: pools of one compute
     group (e.g. two pools on one node's CPU cores) time-share it, and the profile measured each
