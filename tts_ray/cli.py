@@ -127,7 +127,7 @@ def _cmd_bench_planner(args: argparse.Namespace) -> int:
         run_planner_bench(url, args.out, limit=args.limit, budgets_s=args.budgets, branches=args.branches,
                           draft_lengths=args.draft_lengths, concurrency=args.concurrency,
                           early_stop_limit=args.early_stop_limit, max_attempts=args.max_attempts,
-                          command=args.command_line)
+                          seed=None if args.no_seed else args.seed, command=args.command_line)
 
     if args.url:
         run(args.url)
@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None, help="override http_options.port")
     p.set_defaults(func=_cmd_serve)
 
-    from tts_ray.eval.cli import positive_int
+    from tts_ray.eval.cli import positive_int, seed_arg
     from tts_ray.planner.profiler import DEFAULT_CONCURRENCY, DEFAULT_DRAFT_LENGTHS
 
     p = verbs.add_parser("profile", help="measure decode speed per pool against concurrency and draft length")
@@ -221,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attempts per problem: a 429 is retried after its Retry-After, up to this many "
                         "in all, as a well-behaved client does (1: a 429 is final and the client moves "
                         "on to its next problem at once)")
+    p.add_argument("--seed", type=seed_arg, default=0,
+                   help="base sampling seed: every row sends a problem the same seed, so rows on one "
+                        "pool sample its branches alike and differ only by configuration")
+    p.add_argument("--no-seed", action="store_true", help="send no seeds: every row samples afresh")
     p.set_defaults(func=_cmd_bench_planner)
 
     testbed = verbs.add_parser("testbed", help="the ARITH testbed: data, training, benchmark")

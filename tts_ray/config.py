@@ -162,6 +162,14 @@ class GeneratorPoolConfig(_Strict):
                     "branches and waits up to this long for its running ones before killing it; "
                     "keep it at least the router's.")
 
+    @property
+    def supports_request_seeds(self) -> bool:
+        """Whether per-request sampling seeds are safe on this pool's engines: on a GPU, or on
+        vLLM's CPU backend with chunked prefill off (``engine_kwargs.enable_chunked_prefill:
+        false``). With it on, a CPU engine dies on a seeded request whose chunked prefill is
+        discarded ("CPU Generator does not use offset"), so the router drops seeds there."""
+        return self.accelerator_type is not None or self.engine_kwargs.get("enable_chunked_prefill") is False
+
 
 class RewardConfig(_Strict):
     """The process reward model deployment.

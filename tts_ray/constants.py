@@ -64,3 +64,10 @@ CPU_KVCACHE_SPACE_GIB = "1"
 CPU_GPU_MEMORY_UTILIZATION = 0.2
 DEFAULT_TEMPERATURE = 0.7
 DEFAULT_MAX_TOKENS = 160
+
+# --- evaluation ------------------------------------------------------------------------------
+# An evaluation's base seed S gives problem P the seed S + crc32(P's id) x EVAL_SEED_STRIDE, and
+# the service gives P's branch i that seed + i: two problems' branch seeds never meet below
+# 2**20 branches, and a problem's seed does not depend on which other problems are in the run.
+EVAL_SEED_STRIDE = 2**20
+MAX_EVAL_SEED = 2**62  # base seeds below this keep every problem's branch seeds below 2**63

@@ -51,6 +51,21 @@ def test_the_requested_draft_length_picks_the_pool(service_url):
     assert spec["replicas"] != plain["replicas"]
 
 
+@pytest.mark.parametrize("k", [4, 0])
+def test_a_seed_samples_the_same_branches_on_a_cpu_pool(service_url, k):
+    # deployments/local.yaml turns chunked prefill off on both CPU pools, so seeds are applied
+    # there; branch i samples with seed + i whatever else the engine batches with it.
+    def texts(branches: int, seed: int) -> list[str]:
+        tts = _chat(service_url, method="majority", branches=branches, num_speculative_tokens=k, seed=seed)["tts"]
+        assert tts["seed_applied"] is True and tts["plan"]["pool"] == ("spec" if k else "plain")
+        return [b["text"] for b in tts["branches"]]
+
+    four = texts(4, 1234)
+    assert texts(4, 1234) == four
+    assert texts(2, 1234) == four[:2]  # the same seed's first branches: what a benchmark's rows share
+    assert texts(2, 1236) == four[2:]  # branch i of seed s is branch 0 of seed s + i
+
+
 @pytest.mark.parametrize("method", ["weighted_majority", "best_of_n"])
 def test_prm_methods_use_step_scores(service_url, method):
     tts = _chat(service_url, method=method, branches=8)["tts"]

@@ -21,6 +21,20 @@ def test_local_deployment_validates_with_ray_and_app_schema():
         "method": "draft_model", "num_speculative_tokens": 4, "model": str(model_dir("draft"))}
 
 
+def test_seeds_are_applied_on_gpu_pools_and_cpu_pools_without_chunked_prefill():
+    from tts_ray.config import GeneratorPoolConfig
+
+    def pool(**fields):
+        return GeneratorPoolConfig(model_id="m", model_source="testbed:target", **fields)
+
+    assert not pool().supports_request_seeds  # CPU, vLLM's default chunked prefill: a seed can crash it
+    assert not pool(engine_kwargs={"enable_chunked_prefill": True}).supports_request_seeds
+    assert pool(engine_kwargs={"enable_chunked_prefill": False}).supports_request_seeds
+    assert pool(accelerator_type="H100").supports_request_seeds
+    # the shipped CPU pools run seeded (the planner benchmark's rows share samples through it)
+    assert all(p.supports_request_seeds for p in load_app_config(LOCAL).generators)
+
+
 def test_testbed_sources_resolve_and_others_pass_through():
     assert resolve_model_source("testbed:prm") == str(model_dir("prm"))
     assert resolve_model_source("Qwen/Qwen2.5-3B-Instruct") == "Qwen/Qwen2.5-3B-Instruct"

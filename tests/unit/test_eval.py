@@ -122,11 +122,38 @@ def test_request_body_passes_tts_options_through():
     assert branches_arg("auto") == "auto" and branches_arg("16") == 16
 
 
+def test_each_problem_gets_its_own_seed_the_same_in_every_run():
+    import argparse
+
+    from tts_ray.constants import EVAL_SEED_STRIDE
+    from tts_ray.eval.cli import seed_arg
+
+    request = EvalRequest(method="majority", seed=7)
+    first, second = (request.body("q?", problem_id)["tts"]["seed"] for problem_id in ("a/1", "a/2"))
+    assert first != second and (first - 7) % EVAL_SEED_STRIDE == (second - 7) % EVAL_SEED_STRIDE == 0
+    # the seed depends on the problem's id and the base only: not on the row or the run
+    assert EvalRequest(method="majority", branches=16, seed=7).problem_seed("a/1") == first
+    assert EvalRequest(seed=8).problem_seed("a/1") == first + 1
+    assert 0 <= EvalRequest(seed=2**62 - 1).problem_seed("x" * 50) < 2**63  # the service's limit
+    assert EvalRequest().problem_seed("a/1") is None and "tts" not in EvalRequest().body("q?", "a/1")
+    assert request.body("q?")["tts"]["seed"] == 7  # no id: the base as is
+    with pytest.raises(ValueError):
+        EvalRequest(seed=2**62)
+    assert seed_arg("0") == 0
+    for bad in ("-1", str(2**62), "x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            seed_arg(bad)
+
+
 def test_grade_response_kinds():
     problem = PROBLEMS[0]
     plain = {"choices": [{"message": {"content": f"so \\boxed{{{problem.answer}}}"}}], "usage": {}}
     graded = grade_response(problem, 200, plain, 0.5)  # any OpenAI server: graded on choice 0
     assert graded.correct and graded.answer == problem.answer and graded.num_branches is None
+    assert graded.seed_applied is None
+    seeded = {**plain, "tts": {"answer": problem.answer, "num_branches": 2, "seed_applied": True}}
+    graded = grade_response(problem, 200, seeded, 0.5)
+    assert graded.correct and graded.num_branches == 2 and graded.seed_applied is True
     cut = {"choices": [{"message": {"content": "1 + 1 ="}, "finish_reason": "deadline"}], "usage": {}}
     graded = grade_response(problem, 200, cut, 1.0)  # the best partial answer at the deadline
     assert not graded.correct and graded.finish_reason == "deadline"

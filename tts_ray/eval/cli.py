@@ -42,6 +42,19 @@ def positive_int(value: str) -> int:
     return number
 
 
+def seed_arg(value: str) -> int:
+    """A base seed: an int in [0, 2**62) (argparse type)."""
+    from tts_ray.constants import MAX_EVAL_SEED
+
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {value!r}") from None
+    if not 0 <= number < MAX_EVAL_SEED:
+        raise argparse.ArgumentTypeError(f"expected a seed in [0, 2**62), got {value!r}")
+    return number
+
+
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the evaluation options to ``parser``."""
     parser.add_argument("--dataset", default="arith500",
@@ -63,7 +76,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="tts.num_speculative_tokens: pin the draft length k (0: none) or 'auto'")
     parser.add_argument("--budget", type=float, default=None, dest="latency_budget_s",
                         help="tts.latency_budget_s in seconds")
-    parser.add_argument("--seed", type=int, default=None, help="tts.seed")
+    parser.add_argument("--seed", type=seed_arg, default=None,
+                        help="base sampling seed: each problem gets its own tts.seed from it and its id, "
+                             "the same in every run (applied on GPU pools and CPU pools with chunked "
+                             "prefill off)")
     parser.add_argument("--model", default=None, help="model id; default: the service's first")
     parser.add_argument("--max-tokens", type=positive_int, default=None, help="tokens per branch")
     parser.add_argument("--temperature", type=float, default=None, help="branch sampling temperature")

@@ -15,12 +15,14 @@ import math
 import os
 import sys
 import time
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from tts_ray.constants import EVAL_SEED_STRIDE, MAX_EVAL_SEED
 from tts_ray.eval.datasets import Problem, Source, load_dataset
 from tts_ray.eval.stats import EvalSummary, ProblemResult, summarize
 from tts_ray.grading import extract_answer, is_equivalent
@@ -64,7 +66,11 @@ class EvalRequest(BaseModel):
     method: str | None = Field(None, description="tts.method, passed through as given (e.g. 'auto').")
     branches: int | Literal["auto"] | None = Field(None, description="tts.branches: an int >= 1 or 'auto'.")
     latency_budget_s: float | None = Field(None, gt=0, description="tts.latency_budget_s.")
-    seed: int | None = Field(None, ge=0, description="tts.seed (applied by the service on GPU pools).")
+    seed: int | None = Field(
+        None, ge=0, lt=MAX_EVAL_SEED,
+        description="Base sampling seed: problem P is sent tts.seed = seed + crc32(P's unique_id) x "
+                    "2**20, so every run with this seed samples P's branches alike (pools with "
+                    "seeds applied: GPU pools, CPU pools with chunked prefill off); None: unseeded.")
     num_speculative_tokens: int | Literal["auto"] | None = Field(
         None, description="tts.num_speculative_tokens: run on the pool with this draft length k.")
     early_stop: bool | None = Field(None, description="tts.early_stop: stop sampling once the vote is settled.")
@@ -91,15 +97,23 @@ class EvalRequest(BaseModel):
             raise ValueError("branches must be >= 1 or 'auto'")
         return value
 
-    def tts_options(self) -> dict[str, Any]:
-        """The request's ``tts`` object (fields left None are omitted)."""
+    def problem_seed(self, problem_id: str) -> int | None:
+        """``tts.seed`` for the problem with this ``unique_id`` (None without a base seed)."""
+        if self.seed is None:
+            return None
+        return self.seed + zlib.crc32(problem_id.encode("utf-8")) * EVAL_SEED_STRIDE
+
+    def tts_options(self, problem_id: str | None = None) -> dict[str, Any]:
+        """The request's ``tts`` object for the problem ``problem_id`` (fields left None are
+        omitted; without ``problem_id`` the base seed is sent as is)."""
+        seed = self.seed if problem_id is None else self.problem_seed(problem_id)
         tts = {"method": self.method, "branches": self.branches,
-               "latency_budget_s": self.latency_budget_s, "seed": self.seed,
+               "latency_budget_s": self.latency_budget_s, "seed": seed,
                "num_speculative_tokens": self.num_speculative_tokens, "early_stop": self.early_stop}
         return {k: v for k, v in tts.items() if v is not None}
 
-    def body(self, problem: str) -> dict[str, Any]:
-        """The JSON body for one problem."""
+    def body(self, problem: str, problem_id: str | None = None) -> dict[str, Any]:
+        """The JSON body for one problem (``problem_id`` picks its seed: :meth:`problem_seed`)."""
         body: dict[str, Any] = {}
         if self.endpoint == "chat":
             body["messages"] = [{"role": "user", "content": problem}]
@@ -108,7 +122,7 @@ class EvalRequest(BaseModel):
         for key in ("model", "max_tokens", "temperature"):
             if getattr(self, key) is not None:
                 body[key] = getattr(self, key)
-        tts = self.tts_options()
+        tts = self.tts_options(problem_id)
         if tts:
             body["tts"] = tts
         return body
@@ -148,7 +162,7 @@ def grade_response(problem: Problem, status: int | None, payload: Any, latency_s
         plan=(tts or {}).get("plan"),
         branch_answers=[b.get("answer") for b in branches] if branches else None,
         branch_tokens=[int(b.get("num_tokens") or 0) for b in branches] if branches else None,
-        finish_reason=choice.get("finish_reason"),
+        finish_reason=choice.get("finish_reason"), seed_applied=(tts or {}).get("seed_applied"),
     )
 
 
@@ -207,7 +221,8 @@ async def evaluate(problems: Sequence[Problem], url: str, request: EvalRequest, 
                 started = time.perf_counter()
                 status, payload, error, retry_after_s = None, None, None, None
                 try:
-                    response = await client.post(f"{url}{request.path}", json=request.body(problem.problem),
+                    response = await client.post(f"{url}{request.path}",
+                                                 json=request.body(problem.problem, problem.unique_id),
                                                  timeout=request.request_timeout_s)
                     status = response.status_code
                     retry_after_s = retry_after_seconds(response.headers.get("Retry-After"))

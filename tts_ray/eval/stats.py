@@ -74,6 +74,9 @@ class ProblemResult(BaseModel):
     finish_reason: str | None = Field(
         None, description="Choice 0's finish_reason: 'deadline' when no branch finished in time "
                           "and the best partial answer came back.")
+    seed_applied: bool | None = Field(
+        None, description="tts.seed_applied: whether the service sampled with the request's seed "
+                          "(None: no seed sent, or no tts block).")
     status: int | None = Field(None, description="HTTP status; None when no response arrived.")
     attempts: int = Field(1, ge=1, description="Requests sent for this problem (> 1: retried after 429/503).")
     retry_wait_s: float = Field(0.0, ge=0, description="Seconds waited on Retry-After before the last attempt.")

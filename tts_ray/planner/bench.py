@@ -37,11 +37,12 @@ from tts_ray.eval.stats import percentile
 
 
 def _run(problems: Sequence[Problem], url: str, concurrency: int, label: str,
-         results_out: list | None = None, max_attempts: int = 1, **tts) -> dict[str, Any]:
+         results_out: list | None = None, max_attempts: int = 1, seed: int | None = None,
+         **tts) -> dict[str, Any]:
     """One configuration over ``problems``: its row (accuracy, latency, 429s, retries, plans,
     the latency model's error); the per-problem results are appended to ``results_out`` when
     given. A 429 is retried after its Retry-After up to ``max_attempts`` attempts in all."""
-    request = EvalRequest(method="majority", max_attempts=max_attempts, **tts)
+    request = EvalRequest(method="majority", max_attempts=max_attempts, seed=seed, **tts)
     results, wall_s = asyncio.run(evaluate(problems, url, request, concurrency=concurrency, progress=False,
                                            desc=label))
     if results_out is not None:
@@ -60,6 +61,8 @@ def _run(problems: Sequence[Problem], url: str, concurrency: int, label: str,
         # answered with the best partial answer: no branch finished before the deadline
         "answered_partial": sum(r.finish_reason == "deadline" for r in ok),
         "errors": sum(r.status not in (200, 429) for r in results),
+        # answered requests the service sampled with their seed: the rows' common random numbers
+        "seeded": sum(bool(r.seed_applied) for r in ok),
         "latency_p50_s": percentile([r.latency_s for r in results], 50),
         "latency_p99_s": percentile([r.latency_s for r in results], 99),
         "tokens_per_problem": sum(r.tokens or 0 for r in ok) / max(1, len(ok)),
@@ -170,7 +173,7 @@ def _difference_ci95_points(a: dict[str, Any], b: dict[str, Any]) -> list[float]
 def run_planner_bench(url: str, out: str | Path, limit: int = 100, budgets_s: Sequence[float] = (1.5, 3.0, 6.0),
                       branches: Sequence[int] = (1, 4, 8, 16), draft_lengths: Sequence[int] = (0, 4),
                       concurrency: int = 8, early_stop_branches: int = 16, early_stop_budget_s: float = 60.0,
-                      early_stop_limit: int | None = None, max_attempts: int = 3,
+                      early_stop_limit: int | None = None, max_attempts: int = 3, seed: int | None = 0,
                       command: str = "tts-ray bench-planner") -> dict[str, Any]:
     """Run the planner benchmark against the service at ``url``; write and return the figures.
 
@@ -183,13 +186,19 @@ def run_planner_bench(url: str, out: str | Path, limit: int = 100, budgets_s: Se
 
     The early-stopping comparison runs on the first ``early_stop_limit`` problems (default
     ``limit``): one problem is 100/limit points, so a 1-point accuracy figure needs more
-    problems than the budget sweep."""
+    problems than the budget sweep.
+
+    With a ``seed`` (default 0) every row sends each problem the same per-problem seed
+    (:meth:`~tts_ray.eval.runner.EvalRequest.problem_seed`): on pools that apply seeds, branch
+    i of a problem samples the same tokens in every row that runs it on the same pool, so
+    the rows differ by their configurations and deadlines, not by sampling luck (common
+    random numbers). None: every row samples afresh."""
     problems = load_dataset("arith500", limit=limit).problems
     stop_problems = load_dataset("arith500", limit=early_stop_limit or limit).problems
     # Warm-up: compiles the engines' shapes and fills the prefix cache, under a budget loose
     # enough that no request is cut (a cut there would teach the keeper start-up's margins).
     _run(problems[:16], url, concurrency, "warm-up", branches="auto", latency_budget_s=4 * budgets_s[-1],
-         max_attempts=max_attempts)
+         max_attempts=max_attempts, seed=seed)
     per_budget = []
     over_budget_ms: list[float] = []
     for budget_s in budgets_s:
@@ -197,10 +206,12 @@ def run_planner_bench(url: str, out: str | Path, limit: int = 100, budgets_s: Se
         for k in draft_lengths:
             for b in branches:
                 row = _run(problems, url, concurrency, f"budget {budget_s:g}s B={b} k={k}", branches=b,
-                           num_speculative_tokens=k, latency_budget_s=budget_s, max_attempts=max_attempts)
+                           num_speculative_tokens=k, latency_budget_s=budget_s, max_attempts=max_attempts,
+                           seed=seed)
                 fixed.append(row)
         auto = _run(problems, url, concurrency, f"budget {budget_s:g}s auto", branches="auto",
-                    num_speculative_tokens="auto", latency_budget_s=budget_s, max_attempts=max_attempts)
+                    num_speculative_tokens="auto", latency_budget_s=budget_s, max_attempts=max_attempts,
+                    seed=seed)
         for row in [*fixed, auto]:
             over_budget_ms += [(lat - budget_s) * 1000 for lat in row["latencies_s"]]
         best = max(fixed, key=lambda r: r["accuracy"])
@@ -217,10 +228,10 @@ def run_planner_bench(url: str, out: str | Path, limit: int = 100, budgets_s: Se
     full_results: list = []
     full = _run(stop_problems, url, concurrency, f"B={early_stop_branches} full", branches=early_stop_branches,
                 latency_budget_s=early_stop_budget_s, early_stop=False, results_out=full_results,
-                max_attempts=max_attempts)
+                max_attempts=max_attempts, seed=seed)
     early = _run(stop_problems, url, concurrency, f"B={early_stop_branches} early stop",
                  branches=early_stop_branches, latency_budget_s=early_stop_budget_s, early_stop=True,
-                 max_attempts=max_attempts)
+                 max_attempts=max_attempts, seed=seed)
     status = _status(url)
     paired = paired_early_stop(full_results, stop_problems, status.get("early_stop_rule"), early_stop_branches)
     figures = {
@@ -230,8 +241,9 @@ def run_planner_bench(url: str, out: str | Path, limit: int = 100, budgets_s: Se
         "auto_gap_ci95_points_paired": max(per_budget, key=lambda b: b["gap_points"])["gap_ci95_points_paired"],
         "early_stop_token_saving": 1 - early["tokens_per_problem"] / full["tokens_per_problem"],
         "early_stop_accuracy_drop_points": (full["accuracy"] - early["accuracy"]) * 100,
-        # The two runs sample independently (no per-request seeds on CPU pools), so the drop
-        # carries the sampling noise of both: the normal-approximation 95% interval says how much.
+        # Unseeded (or on pools that drop seeds), the two runs sample independently and the
+        # drop carries the sampling noise of both: the normal-approximation 95% interval says
+        # how much (an upper bound on it when both rows were seeded alike).
         "early_stop_accuracy_drop_ci95_points": _difference_ci95_points(full, early),
         # The service's rule replayed on the full run's own branches: the same samples with and
         # without stopping, so only the stopping differs (no sampling noise between two runs).
@@ -243,7 +255,7 @@ def run_planner_bench(url: str, out: str | Path, limit: int = 100, budgets_s: Se
     result = {
         **figures,
         "details": {"problems": len(problems), "dataset": "arith500", "concurrency": concurrency,
-                    "max_attempts": max_attempts,
+                    "max_attempts": max_attempts, "seed": seed,
                     "method": "majority", "budgets": per_budget,
                     "early_stop": {"full": full, "early": early, "branches": early_stop_branches,
                                    "budget_s": early_stop_budget_s, "problems": len(stop_problems),

@@ -149,8 +149,9 @@ class Router:
                 self.tokenizers[pool.model_id] = AutoTokenizer.from_pretrained(
                     resolve_model_source(pool.model_source))
         # vLLM's CPU backend crashes on per-request seeds when a chunked prefill is discarded
-        # ("CPU Generator does not use offset"), so seeds are passed to GPU pools only.
-        self.seeds_supported = {pool.name: pool.accelerator_type is not None for pool in self.config.generators}
+        # ("CPU Generator does not use offset"): seeds go to GPU pools and to CPU pools with
+        # chunked prefill off only.
+        self.seeds_supported = {pool.name: pool.supports_request_seeds for pool in self.config.generators}
         self._background: set[asyncio.Task] = set()
         router = self.config.router
         # Read by GuardMiddleware on every request (keys from the env var and/or key file).
