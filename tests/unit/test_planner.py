@@ -154,6 +154,26 @@ def test_a_burst_too_large_for_one_branch_each_still_gets_one_branch_not_429():
         planner.plan(request(1.5, method="majority"), loads)
 
 
+def test_learned_speed_bands_never_make_more_branches_look_quicker():
+    from tts_ray.planner.latency import live_seconds_per_token
+
+    planner, loads = setup(SPEC_NEVER_PAYS)
+    # Factors as a run learned them: slow in the 5-8 band, about the profile in 9-16.
+    for load in loads.values():
+        load.speed_factors = {3: 3.0, 4: 1.0}
+        load.recent_requests = 7.0  # a burst: B branches each for 8 requests
+    curve = planner.latency.profile.pools["plain"].curve(0)
+    spt = [live_seconds_per_token(curve, loads["plain"], c) for c in range(1, 65)]
+    assert all(later >= earlier for earlier, later in zip(spt, spt[1:]))
+    assert spt[8] == pytest.approx(spt[7]) == pytest.approx(0.0102 * 3.0)  # 9 sequences: no faster than 8
+    assert spt[1] == pytest.approx(0.010)  # two bands below the slow one: the profile, unchanged
+    # One branch alone fits 1.5 s (admitted), but nothing fits at 8 x B sequences: the quickest
+    # plan is one branch. Read raw, the 9-16 band made 2 branches each (16 sequences, 10.5 ms a
+    # token: 1.1 s) look quicker than 1 (8 sequences, 30.6 ms: 3.1 s), and the planner chose them.
+    plan = planner.plan(request(1.5, method="majority"), loads)
+    assert plan.num_branches == 1 and plan.planned_s > 1.5
+
+
 def test_extra_branches_buy_no_insurance_when_lengths_are_set_by_the_problem():
     from tts_ray.planner.calibration import TokenLimitedAccuracy
 
