@@ -241,6 +241,12 @@ class RouterConfig(_Strict):
                           "of actual / predicted over its requests of the last minute (a request "
                           "its deadline cut counts as over), so the predictions the planner sizes "
                           "plans by are unbiased; the per-branch speed factors stay beneath it.")
+    plan_for_speed_spread: bool = Field(
+        True, description="Rank plans by their expected accuracy over the spread of live decode "
+                          "speed (each pool's recent branches, their speed against the "
+                          "prediction, at 5 quantiles about the median) rather than at the "
+                          "predicted speed alone: a plan that leaves its branches just enough "
+                          "tokens loses to one with room to spare when the speed varies.")
     score_reserve_s: float = Field(
         0.3, ge=0, description="Time kept for PRM scoring before the merge margin when the profile "
                                "has no scoring curve.")

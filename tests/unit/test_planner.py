@@ -174,6 +174,22 @@ def test_learned_speed_bands_never_make_more_branches_look_quicker():
     assert plan.num_branches == 1 and plan.planned_s > 1.5
 
 
+def test_a_spread_of_speeds_prefers_a_plan_with_room_to_spare():
+    planner, loads = setup(SPEC_NEVER_PAYS)  # every branch is 100 tokens: finished or not
+    at_prediction = planner.plan(request(2.0, method="majority"), loads)
+    for load in loads.values():
+        load.speed_spread = (0.8, 0.9, 1.0, 1.1, 1.5)  # a fifth of the draws decode 1.5x slower
+    spread = planner.plan(request(2.0, method="majority"), loads)
+    # At the prediction: the most branches whose 100 tokens just fit. They would finish in only
+    # 4 of the 5 draws; fewer branches leave room for 150 tokens, finish in all five and vote
+    # at full accuracy.
+    assert spread.num_branches < at_prediction.num_branches
+    assert at_prediction.planned_s is None and at_prediction.predicted_parts_s["decode"] > 2.0 / 1.5
+    expected = 0.4 + 0.35 * (1 - 0.8 ** spread.num_branches)
+    assert spread.expected_accuracy == pytest.approx(expected)  # every draw finishes
+    assert spread.expected_accuracy > 0.8 * at_prediction.expected_accuracy
+
+
 def test_extra_branches_buy_no_insurance_when_lengths_are_set_by_the_problem():
     from tts_ray.planner.calibration import TokenLimitedAccuracy
 

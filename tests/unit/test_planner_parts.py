@@ -581,3 +581,31 @@ def test_the_correction_learns_only_from_predictions_of_time():
         keeper.release(f"f{i}", predicted_s=1.1, actual_s=0.9)
     # exactly half over: the lower median, 0.8 (the mean of the middle pair would be inf)
     assert keeper.status()["pools"]["a"]["latency_correction"] == pytest.approx(0.8)
+
+
+def test_the_speed_spread_is_learned_from_recent_branches_and_fades():
+    clock = FakeClock()
+    keeper = _keeper(clock=clock)
+    one = PlanRequest(budget_s=10, max_tokens=100, method="majority", branches=1)
+
+    def branches(count, start=0):
+        for i in range(start, start + count):
+            keeper.admit(f"r{i}", one)
+            # 100 tokens, profiled at 1 s: some branches at half speed, some at twice
+            keeper.release(f"r{i}", [BranchObservation(num_tokens=100, elapsed_s=(0.7, 1.0, 2.0)[i % 3])])
+
+    branches(19)
+    assert keeper.status()["pools"]["a"]["speed_spread"] == [1.0]  # too few branches yet
+    branches(11, start=19)
+    spread = keeper.status()["pools"]["a"]["speed_spread"]
+    assert len(spread) == 5 and spread == sorted(spread) and spread[2] == 1.0
+    assert spread[0] < 0.8 and spread[-1] > 1.5  # the 0.7 s and 2 s branches, about the median
+    assert keeper.admit("p", one) and keeper.loads["a"].speed_spread == tuple(spread)  # what plans read
+    clock.now += 61  # a minute without branches: the prediction alone again
+    assert keeper.status()["pools"]["a"]["speed_spread"] == [1.0]
+
+    off = AppConfig.model_validate({"generators": [{"name": "a", "model_id": "m", "model_source": "x"}],
+                                    "router": {"plan_for_speed_spread": False}})
+    keeper = BudgetKeeper(off, keeper.latency.profile, None, clock=FakeClock())
+    branches(30)
+    assert keeper.status()["pools"]["a"]["speed_spread"] == [1.0]

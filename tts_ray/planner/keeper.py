@@ -40,6 +40,16 @@ CORRECTION_WINDOW = 50
 CORRECTION_MIN_OBSERVED = 10
 CORRECTION_MAX_AGE_S = 60.0
 CORRECTION_RANGE = (0.5, 2.0)
+# The speed spread: each pool's recent branches' observed / predicted seconds per token (the
+# prediction with the speed factor they were planned with), at SPREAD_QUANTILES over their
+# median, from the last SPREAD_MAX_AGE_S (at most SPREAD_WINDOW branches, at least
+# SPREAD_MIN_OBSERVED, else (1.0,)), each within SPREAD_RANGE. Branches the deadline stopped
+# count too (their tokens in their time): they are the slow tail.
+SPREAD_QUANTILES = (10, 30, 50, 70, 90)
+SPREAD_WINDOW = 200
+SPREAD_MIN_OBSERVED = 20
+SPREAD_MAX_AGE_S = 60.0
+SPREAD_RANGE = (0.25, 4.0)
 RECENT_REQUESTS_ALPHA = 0.2  # weight of each admission in the recent-requests average
 ERROR_WINDOW = 200  # recent requests the reported prediction error covers
 
@@ -106,6 +116,9 @@ class BudgetKeeper:
         self.correct_latency = config.router.latency_correction
         # per pool: (when, actual / predicted work) of recent requests; inf for one the deadline cut
         self.work_ratios: dict[str, list[tuple[float, float]]] = {name: [] for name in self.loads}
+        self.plan_for_spread = config.router.plan_for_speed_spread
+        # per pool: (when, observed / predicted seconds per token) of recent branches
+        self.speed_residuals: dict[str, list[tuple[float, float]]] = {name: [] for name in self.loads}
 
     def merge_margin_s(self) -> float:
         """The margin kept before the deadline for stopping branches, merging and answering:
@@ -209,7 +222,8 @@ class BudgetKeeper:
     def _refresh_corrections(self) -> None:
         """Set each pool's latency correction from its recent work ratios (see CORRECTION_*);
         1 when off, with too few of them, or once they are older than CORRECTION_MAX_AGE_S (a
-        correction learned in a bad moment must not outlive it)."""
+        correction learned in a bad moment must not outlive it). Its speed spread likewise
+        (SPREAD_*)."""
         now = self.clock()
         for name, load in self.loads.items():
             recent = [r for at, r in self.work_ratios[name] if now - at <= CORRECTION_MAX_AGE_S]
@@ -219,6 +233,19 @@ class BudgetKeeper:
             # the lower median: with exactly half cut, the mean of the middle pair would be inf
             median = sorted(recent)[(len(recent) - 1) // 2]
             load.latency_correction = min(max(median, CORRECTION_RANGE[0]), CORRECTION_RANGE[1])
+        for name, load in self.loads.items():
+            load.speed_spread = self._speed_spread(name, now)
+
+    def _speed_spread(self, pool: str, now: float) -> tuple[float, ...]:
+        """The pool's speed spread (see SPREAD_*): (1.0,) when off or with too few recent
+        branches. Over the median, because the bias is the speed factors' and the latency
+        correction's to remove; this is only how far the speed strays about it."""
+        recent = [r for at, r in self.speed_residuals[pool] if now - at <= SPREAD_MAX_AGE_S]
+        if not self.plan_for_spread or len(recent) < SPREAD_MIN_OBSERVED:
+            return (1.0,)
+        median = percentile(recent, 50)
+        return tuple(round(min(max(percentile(recent, q) / median, SPREAD_RANGE[0]), SPREAD_RANGE[1]), 4)
+                     for q in SPREAD_QUANTILES)
 
     def _fade_speed_factors(self) -> None:
         """Move each pool's speed factors towards 1 (the profile) by the time since it was
@@ -252,6 +279,9 @@ class BudgetKeeper:
         ratio = min(max(observed_spt / predicted_spt, SPEED_FACTOR_RANGE[0]), SPEED_FACTOR_RANGE[1])
         self._fade_speed_factors()
         current = load.speed_factor_at(entry.concurrency)  # a new band starts from its neighbours or 1
+        # against the factor before this branch updates it: how far off the speed a plan read was
+        self.speed_residuals[entry.pool] = (self.speed_residuals[entry.pool]
+                                            + [(self.clock(), ratio / current)])[-SPREAD_WINDOW:]
         load.speed_factors[concurrency_band(entry.concurrency)] = current + self.ewma_alpha * (ratio - current)
 
     def set_replicas(self, pool: str, replicas: int) -> None:
@@ -273,6 +303,7 @@ class BudgetKeeper:
                                                              for band, f in sorted(l.speed_factors.items())},
                              "compute_group": l.compute_group, "contention": l.contention,
                              "latency_correction": round(l.latency_correction, 4),
+                             "speed_spread": list(l.speed_spread),
                              "tokens_per_step": self.tokens_per_step[name],
                              "prediction_error": _error_summary(self.errors_by_pool[name])}
                       for name, l in self.loads.items()},

@@ -40,6 +40,9 @@ class PoolLoad:
     # median actual / predicted work of the pool's recent requests (set by the keeper): what the
     # speed factors, learned branch by branch, still leave wrong about whole requests
     latency_correction: float = 1.0
+    # live decode speed's spread (set by the keeper): recent branches' observed / predicted
+    # seconds per token at SPREAD_QUANTILES, over their median; (1.0,): the prediction alone
+    speed_spread: tuple[float, ...] = (1.0,)
 
     def speed_factor_at(self, concurrency: int) -> float:
         """The live correction at ``concurrency`` sequences per replica: the factor learned in

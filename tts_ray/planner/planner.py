@@ -92,6 +92,15 @@ class Planner:
             return None
         return calibration.models[model_id].accuracy_within(method, branches, tokens, max_tokens)
 
+    def _accuracy_over_spread(self, load: PoolLoad, method: str, branches: int, tokens: float,
+                              max_tokens: int) -> float | None:
+        """Mean calibrated accuracy over the pool's speed spread: at each multiplier m of
+        ``load.speed_spread`` the deadline leaves ``tokens / m`` tokens (decoding m times
+        slower). None when uncalibrated."""
+        values = [self._accuracy(load.model_id, method, branches, tokens / m, max_tokens)
+                  for m in load.speed_spread]
+        return None if any(v is None for v in values) else sum(values) / len(values)
+
     def _finish_probability(self, model_id: str, prediction, budget_s: float, max_tokens: int) -> float:
         """P(one branch finishes by the deadline) from the calibrated lengths; 1.0 uncalibrated."""
         calibration = self.latency.calibration if self.latency else None
@@ -152,9 +161,11 @@ class Planner:
                         if quickest_single is None or now.needed_s < quickest_single[0]:
                             quickest_single = (now.needed_s, name)
                     # Accuracy as the deadline leaves it: branches still running then are cut,
-                    # and only the finished ones vote (a lone long branch is the risky plan).
-                    accuracy = self._accuracy(load.model_id, method, branches,
-                                              prediction.tokens_by(request.budget_s), request.max_tokens)
+                    # and only the finished ones vote (a lone long branch is the risky plan);
+                    # averaged over how much faster or slower than predicted branches have run.
+                    accuracy = self._accuracy_over_spread(load, method, branches,
+                                                          prediction.tokens_by(request.budget_s),
+                                                          request.max_tokens)
                     # Rank: fits the budget (expected longest branch), then expected accuracy
                     # as the deadline leaves it (log B as a proxy when uncalibrated), then lower
                     # predicted latency.
