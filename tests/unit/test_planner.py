@@ -1,5 +1,7 @@
 """The planner on synthetic profiles: pool (k) choice, branch growth, budgets, 429, fairness."""
 
+import itertools
+
 import pytest
 
 from tts_ray.planner.calibration import Calibration, ModelCalibration
@@ -164,7 +166,7 @@ def test_learned_speed_bands_never_make_more_branches_look_quicker():
         load.recent_requests = 7.0  # a burst: B branches each for 8 requests
     curve = planner.latency.profile.pools["plain"].curve(0)
     spt = [live_seconds_per_token(curve, loads["plain"], c) for c in range(1, 65)]
-    assert all(later >= earlier for earlier, later in zip(spt, spt[1:]))
+    assert all(later >= earlier for earlier, later in itertools.pairwise(spt))
     assert spt[8] == pytest.approx(spt[7]) == pytest.approx(0.0102 * 3.0)  # 9 sequences: no faster than 8
     assert spt[1] == pytest.approx(0.010)  # two bands below the slow one: the profile, unchanged
     # One branch alone fits 1.5 s (admitted), but nothing fits at 8 x B sequences: the quickest
