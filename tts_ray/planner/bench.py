@@ -71,6 +71,9 @@ def _run(problems: Sequence[Problem], url: str, concurrency: int, label: str,
         "plans": dict(Counter(f"{r.plan['pool']}:B={r.plan['num_branches']}" for r in ok if r.plan)),
         "prediction_error_median_abs": percentile([abs(e) for e in errors], 50),
         "prediction_error_mean_signed": sum(errors) / len(errors) if errors else None,
+        "expected_accuracy_mean": _mean([r.plan["expected_accuracy"] for r in ok
+                                         if r.plan and r.plan.get("expected_accuracy") is not None]),
+        "accuracy_of_answered": sum(r.correct for r in ok) / len(ok) if ok else None,
         "latencies_s": [round(r.latency_s, 4) for r in results],
         "correct": [int(r.correct) for r in results],  # per problem, in dataset order (pairs rows)
         # per problem: the plan that ran ("pool:B", None when rejected) and whether the deadline
@@ -80,6 +83,11 @@ def _run(problems: Sequence[Problem], url: str, concurrency: int, label: str,
         "cut_per_problem": [int(r.status == 200 and r.finish_reason == "deadline") for r in results],
         "predicted_s_per_problem": [round(r.plan["predicted_s"], 4) if r.status == 200 and r.plan
                                     and r.plan.get("predicted_s") else None for r in results],
+        # the planner's expected accuracy of each plan (auto rows), against what came of it:
+        # whether the calibrated accuracy the plans were ranked by holds under this load
+        "expected_accuracy_per_problem": [round(r.plan["expected_accuracy"], 4) if r.status == 200 and r.plan
+                                          and r.plan.get("expected_accuracy") is not None else None
+                                          for r in results],
         # the keeper's learned state right after the row: what the next row starts from
         "keeper_after": _keeper_snapshot(url),
     }
@@ -87,6 +95,10 @@ def _run(problems: Sequence[Problem], url: str, concurrency: int, label: str,
           f"p99 {row['latency_p99_s']:.2f}s  tokens {row['tokens_per_problem']:.0f}  "
           f"429 {row['rejected_429']}  retried {row['retried']}  partial {row['answered_partial']}  errors {row['errors']}", flush=True)
     return row
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def _keeper_snapshot(url: str) -> dict[str, Any] | None:
@@ -103,7 +115,9 @@ def _keeper_snapshot(url: str) -> dict[str, Any] | None:
             "speed_factor_by_concurrency": {name: p.get("speed_factor_by_concurrency")
                                             for name, p in status.get("pools", {}).items()},
             "prediction_error_by_pool": {name: p.get("prediction_error")
-                                         for name, p in status.get("pools", {}).items()}}
+                                         for name, p in status.get("pools", {}).items()},
+            "latency_correction": {name: p.get("latency_correction") for name, p in status.get("pools", {}).items()},
+            "speed_spread": {name: p.get("speed_spread") for name, p in status.get("pools", {}).items()}}
 
 
 def _status(url: str) -> dict[str, Any]:
