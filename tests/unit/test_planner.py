@@ -187,9 +187,25 @@ def test_a_spread_of_speeds_prefers_a_plan_with_room_to_spare():
     # at full accuracy.
     assert spread.num_branches < at_prediction.num_branches
     assert at_prediction.planned_s is None and at_prediction.predicted_parts_s["decode"] > 2.0 / 1.5
+    # and it fits even at the spread's slow end: 1.5x the predicted decoding
+    assert spread.predicted_s + 0.5 * spread.predicted_parts_s["decode"] <= 2.0
     expected = 0.4 + 0.35 * (1 - 0.8 ** spread.num_branches)
     assert spread.expected_accuracy == pytest.approx(expected)  # every draw finishes
     assert spread.expected_accuracy > 0.8 * at_prediction.expected_accuracy
+
+
+def test_a_plan_must_fit_at_the_slow_end_of_the_speed_spread():
+    # Accuracy grows with every branch: averaged over the spread, 4 of 5 draws at the most
+    # branches that fit the median speed would still beat fewer branches that always finish.
+    linear = {"majority": [0.02 * b for b in range(1, 65)], "single": [0.02]}
+    planner, loads = setup(SPEC_NEVER_PAYS, accuracy=linear)
+    at_prediction = planner.plan(request(2.0, method="majority"), loads)
+    for load in loads.values():
+        load.speed_spread = (0.8, 0.9, 1.0, 1.1, 1.5)
+    plan = planner.plan(request(2.0, method="majority"), loads)
+    assert at_prediction.predicted_s + 0.5 * at_prediction.predicted_parts_s["decode"] > 2.0
+    assert plan.predicted_s + 0.5 * plan.predicted_parts_s["decode"] <= 2.0
+    assert plan.num_branches < at_prediction.num_branches
 
 
 def test_extra_branches_buy_no_insurance_when_lengths_are_set_by_the_problem():

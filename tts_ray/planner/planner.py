@@ -70,7 +70,8 @@ class Planner:
     """Exhaustive search over (pool, method, B): the grid is small (pools x 4 x max_branches),
     so the latency-optimal choice is exact rather than the paper's greedy approximation.
 
-    Among plans whose expected longest branch fits the budget, the objective is the
+    Among plans whose expected longest branch fits the budget (even decoding at the slow
+    end of the pool's recent speed spread, ``PoolLoad.speed_spread``), the objective is the
     calibrated accuracy *as the deadline leaves it*: from the plan's seconds per token, the
     tokens T a branch can decode before the deadline, and the calibration's accuracy at B
     branches when those longer than T are cut and the rest vote, measured per problem
@@ -142,6 +143,9 @@ class Planner:
         considered = 0
         for name, load in profiled.items():
             share = self._fair_share(load)
+            # the 90th percentile of the pool's recent speed over its median (1: no spread known):
+            # plans sized to the median speed sat at the budget's edge, and a third were cut
+            slow = max(1.0, load.speed_spread[-1])
             methods = [request.method] if request.method else [
                 m for m in AUTO_METHODS if request.scored_available or m not in SCORED]
             for method in methods:
@@ -166,10 +170,12 @@ class Planner:
                     accuracy = self._accuracy_over_spread(load, method, branches,
                                                           prediction.tokens_by(request.budget_s),
                                                           request.max_tokens)
-                    # Rank: fits the budget (expected longest branch), then expected accuracy
-                    # as the deadline leaves it (log B as a proxy when uncalibrated), then lower
+                    # Rank: fits the budget (the expected longest branch, decoding at the slow
+                    # end of the pool's recent speed spread), then expected accuracy as the
+                    # deadline leaves it (log B as a proxy when uncalibrated), then lower
                     # predicted latency.
-                    fits = prediction.needed_s <= request.budget_s
+                    fits = prediction.needed_s + (slow - 1) * prediction.parts_s.get("decode", 0.0) \
+                        <= request.budget_s
                     value = accuracy if accuracy is not None else math.log(branches) / 100
                     key = (fits, value if fits else -prediction.needed_s, -prediction.needed_s)
                     if best is None or key > best[0]:
