@@ -221,10 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attempts per problem: a 429 is retried after its Retry-After, up to this many "
                         "in all, as a well-behaved client does (1: a 429 is final and the client moves "
                         "on to its next problem at once)")
-    p.add_argument("--seed", type=seed_arg, default=0,
-                   help="base sampling seed: every row sends a problem the same seed, so rows on one "
-                        "pool sample its branches alike and differ only by configuration")
-    p.add_argument("--no-seed", action="store_true", help="send no seeds: every row samples afresh")
+    seeding = p.add_mutually_exclusive_group()
+    seeding.add_argument("--seed", type=seed_arg, default=0,
+                         help="base sampling seed: every row sends a problem the same seed, so rows on "
+                              "one pool sample its branches alike and differ only by configuration")
+    seeding.add_argument("--no-seed", action="store_true", help="send no seeds: every row samples afresh")
     p.set_defaults(func=_cmd_bench_planner)
 
     testbed = verbs.add_parser("testbed", help="the ARITH testbed: data, training, benchmark")

@@ -169,6 +169,12 @@ def test_learned_speed_bands_never_make_more_branches_look_quicker():
     assert all(later >= earlier for earlier, later in itertools.pairwise(spt))
     assert spt[8] == pytest.approx(spt[7]) == pytest.approx(0.0102 * 3.0)  # 9 sequences: no faster than 8
     assert spt[1] == pytest.approx(0.010)  # two bands below the slow one: the profile, unchanged
+    # a profile that dips between its points, inside one band (5-8): no quicker than at 3
+    from tts_ray.planner.profile import SpeedCurve
+    dipping = SpeedCurve(num_speculative_tokens=0, concurrency=[1, 3, 5, 64],
+                         seconds_per_token=[0.010, 0.012, 0.009, 0.020], tokens_per_step=1.0, prefill_s=0.0)
+    assert live_seconds_per_token(dipping, PoolLoad("m", 0, replicas=1, slots_per_replica=64), 5) \
+        == pytest.approx(0.012)
     # One branch alone fits 1.5 s (admitted), but nothing fits at 8 x B sequences: the quickest
     # plan is one branch. Read raw, the 9-16 band made 2 branches each (16 sequences, 10.5 ms a
     # token: 1.1 s) look quicker than 1 (8 sequences, 30.6 ms: 3.1 s), and the planner chose them.
@@ -192,6 +198,17 @@ def test_a_spread_of_speeds_prefers_a_plan_with_room_to_spare():
     expected = 0.4 + 0.35 * (1 - 0.8 ** spread.num_branches)
     assert spread.expected_accuracy == pytest.approx(expected)  # every draw finishes
     assert spread.expected_accuracy > 0.8 * at_prediction.expected_accuracy
+
+
+def test_accuracy_over_the_speed_spread_is_the_mean_of_its_draws():
+    planner, loads = setup(SPEC_NEVER_PAYS, lengths=(50, 100, 150, 200))
+    load = loads["plain"]
+    at = [planner._accuracy("m", "majority", 4, tokens, 200) for tokens in (200, 100, 50)]
+    assert at[0] > at[1] > at[2]  # fewer tokens left, more branches cut
+    load.speed_spread = (0.5, 1.0, 2.0)  # the deadline leaves 200, 100 and 50 tokens
+    assert planner._accuracy_over_spread(load, "majority", 4, 100, 200) == pytest.approx(sum(at) / 3)
+    load.speed_spread = (1.0,)
+    assert planner._accuracy_over_spread(load, "majority", 4, 100, 200) == pytest.approx(at[1])
 
 
 def test_a_plan_must_fit_at_the_slow_end_of_the_speed_spread():

@@ -591,7 +591,7 @@ def test_the_speed_spread_is_learned_from_recent_branches_and_fades():
     def branches(count, start=0):
         for i in range(start, start + count):
             keeper.admit(f"r{i}", one)
-            # 100 tokens, profiled at 1 s: some branches at half speed, some at twice
+            # 100 tokens, profiled at 1 s: branches taking 0.7 s, 1 s and 2 s in turn
             keeper.release(f"r{i}", [BranchObservation(num_tokens=100, elapsed_s=(0.7, 1.0, 2.0)[i % 3])])
 
     branches(19)
@@ -603,6 +603,12 @@ def test_the_speed_spread_is_learned_from_recent_branches_and_fades():
     assert keeper.admit("p", one) and keeper.loads["a"].speed_spread == tuple(spread)  # what plans read
     clock.now += 61  # a minute without branches: the prediction alone again
     assert keeper.status()["pools"]["a"]["speed_spread"] == [1.0]
+    # One request whose 20 branches all ran twice as slow as planned: no spread about their
+    # median. Each is measured against the factor the plan used, not the band's factor that
+    # the request's earlier branches have already moved towards 2 (which read a spread into it).
+    keeper.admit("wide", PlanRequest(budget_s=60, max_tokens=100, method="majority", branches=20))
+    keeper.release("wide", [BranchObservation(num_tokens=100, elapsed_s=2.0)] * 20)
+    assert keeper.status()["pools"]["a"]["speed_spread"] == [1.0] * 5
 
     off = AppConfig.model_validate({"generators": [{"name": "a", "model_id": "m", "model_source": "x"}],
                                     "router": {"plan_for_speed_spread": False}})

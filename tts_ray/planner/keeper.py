@@ -14,7 +14,7 @@ from tts_ray.config import AppConfig
 from tts_ray.eval.stats import percentile
 from tts_ray.planner.calibration import Calibration
 from tts_ray.planner.early_stop import wave_sizes
-from tts_ray.planner.latency import LatencyModel, PoolLoad, concurrency_band
+from tts_ray.planner.latency import LatencyModel, PoolLoad, concurrency_band, live_seconds_per_token
 from tts_ray.planner.planner import Plan, Planner, PlanRequest
 from tts_ray.planner.profile import ClusterProfile
 
@@ -74,6 +74,7 @@ class _Admitted:
     predicted_work_s: float | None = None  # predicted prefill + decode, uncorrected
     predicted_fixed_s: float = 0.0  # predicted merge + scoring: not corrected, taken off the actual
     fits: bool = True  # the plan's prediction (corrected, with the reserve) was inside the budget
+    speed_factor: float = 1.0  # the live factor on the profile's speed the plan was predicted with
 
 
 class BudgetKeeper:
@@ -177,7 +178,8 @@ class BudgetKeeper:
             plan.predicted_s + (self.latency.deadline_reserve_s if self.latency else 0.0) <= request.budget_s
         self.admitted[request_id] = _Admitted(plan.pool, plan.num_branches, concurrency, self.clock(),
                                               contention=load.contention, predicted_work_s=work_s, fits=fits,
-                                              predicted_fixed_s=parts.get("merge", 0.0) + parts.get("score", 0.0))
+                                              predicted_fixed_s=parts.get("merge", 0.0) + parts.get("score", 0.0),
+                                              speed_factor=self._planned_factor(plan.pool, concurrency))
         self._refresh_contention()  # the chosen pool is busy now: its group's other pools slow down
         self.counts["admitted"] += 1
         plan.merge_margin_s = margin_s
@@ -263,6 +265,16 @@ class BudgetKeeper:
                 1 for other, o in self.loads.items()
                 if other != name and o.compute_group == load.compute_group and o.inflight_branches > 0)
 
+    def _planned_factor(self, pool: str, concurrency: int) -> float:
+        """The live factor on the profile the latency model applies at ``concurrency`` now
+        (:func:`~tts_ray.planner.latency.live_seconds_per_token` over the profile's value):
+        what the speed spread measures branches against."""
+        if self.latency is None or not self.latency.knows(pool):
+            return 1.0
+        load = self.loads[pool]
+        curve = self.latency.profile.pools[pool].curve(load.num_speculative_tokens)
+        return live_seconds_per_token(curve, load, concurrency) / curve.seconds_per_token_at(concurrency)
+
     def _observe(self, entry: _Admitted, obs: BranchObservation, contention: float = 1.0) -> None:
         load = self.loads[entry.pool]
         if obs.spec_verify_steps:
@@ -279,9 +291,10 @@ class BudgetKeeper:
         ratio = min(max(observed_spt / predicted_spt, SPEED_FACTOR_RANGE[0]), SPEED_FACTOR_RANGE[1])
         self._fade_speed_factors()
         current = load.speed_factor_at(entry.concurrency)  # a new band starts from its neighbours or 1
-        # against the factor before this branch updates it: how far off the speed a plan read was
+        # against the factor the plan was predicted with (not the band's now: the request's
+        # earlier branches and the fading have moved it since): how far off the plan's speed was
         self.speed_residuals[entry.pool] = (self.speed_residuals[entry.pool]
-                                            + [(self.clock(), ratio / current)])[-SPREAD_WINDOW:]
+                                            + [(self.clock(), ratio / entry.speed_factor)])[-SPREAD_WINDOW:]
         load.speed_factors[concurrency_band(entry.concurrency)] = current + self.ewma_alpha * (ratio - current)
 
     def set_replicas(self, pool: str, replicas: int) -> None:

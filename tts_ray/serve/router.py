@@ -390,8 +390,11 @@ class Router:
         seed_applied = seed is not None and self.seeds_supported[pool.name]
         options["seed_applied"] = seed_applied if seed is not None else None
         scoring = (plan.get("predicted_parts_s") or {}).get("score")
+        # a seeded branch re-runs only where seeds are safe too (a CPU engine with chunked
+        # prefill on would die of it)
         fallbacks = [other_handle for other, other_handle in self.pools.values()
-                     if other.model_id == pool.model_id and other.name != pool.name]
+                     if other.model_id == pool.model_id and other.name != pool.name
+                     and (not seed_applied or self.seeds_supported[other.name])]
         return MethodContext(
             generator=HandleGenerator(handle, pool.model_id, seed if seed_applied else None, fallbacks),
             scorer=HandleScorer(self.reward, options["reward_prompt"]) if self.reward is not None else None,
