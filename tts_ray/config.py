@@ -247,6 +247,12 @@ class RouterConfig(_Strict):
                           "prediction, at 5 quantiles about the median) rather than at the "
                           "predicted speed alone: a plan that leaves its branches just enough "
                           "tokens loses to one with room to spare when the speed varies.")
+    plan_for_inflight: bool = Field(
+        True, description="Count against an auto plan the expected accuracy it costs the requests "
+                          "already in flight: its branches slow theirs (a fuller batch on their "
+                          "pool, or an idle engine on their device starting to decode), so their "
+                          "deadlines leave them fewer tokens. The planner then maximises the "
+                          "expected correct answers of all of them, not this request's alone.")
     score_reserve_s: float = Field(
         0.3, ge=0, description="Time kept for PRM scoring before the merge margin when the profile "
                                "has no scoring curve.")

@@ -6,7 +6,7 @@ import pytest
 
 from tts_ray.planner.calibration import Calibration, ModelCalibration
 from tts_ray.planner.latency import LatencyModel, PoolLoad
-from tts_ray.planner.planner import Infeasible, Planner, PlanRequest
+from tts_ray.planner.planner import Infeasible, InFlight, Planner, PlanRequest, tokens_lost
 from tts_ray.planner.profile import ClusterProfile, PoolProfile, SpeedCurve
 
 CONCURRENCY = [1, 2, 4, 8, 16, 32, 64]
@@ -353,3 +353,57 @@ def test_expected_tokens_are_memoized_per_model_branches_and_max_tokens():
     assert model.expected_tokens("m", 4, 100) < model.expected_tokens("m", 4, 200)  # capped at 100
     assert model.expected_tokens("other", 4, 100) == 100.0  # uncalibrated model: the worst case
     assert len(model._expected_tokens) == 4  # (1, 200), (4, 200), (4, 100), other
+
+
+def _busy_spec(deadline_tokens: float, requests: int = 4, branches: int = 4):
+    """Both pools on one device (contention 0.3 per busy engine); ``requests`` requests of
+    ``branches`` branches in flight on spec, each with 1 s of its decode window left and
+    ``deadline_tokens`` tokens by its deadline (every answer is 100 tokens long)."""
+    planner, loads = setup(SPEC_PAYS_SMALL)
+    for load in loads.values():
+        load.compute_group, load.group_slowdown = "node", 0.3
+    loads["spec"].inflight_branches, loads["spec"].active_requests = requests * branches, requests
+    loads["plain"].co_busy = 1  # spec is busy; plain is idle
+    inflight = [InFlight(pool="spec", model_id="m", method="majority", branches=branches, max_tokens=200,
+                         seconds_per_token=0.012, deadline_tokens=deadline_tokens, window_s=1.0)
+                for _ in range(requests)]
+    return planner, loads, inflight
+
+
+def test_tokens_lost_follow_the_slowdown_over_the_overlap():
+    planner, loads, inflight = _busy_spec(deadline_tokens=150)
+    latency, waiting = planner.latency, inflight[0]
+    # Starting the idle plain engine: spec's contention goes from 1 to 1.3 for the overlap
+    # (0.5 s of a 1 s window): 0.5 / 0.012 tokens at 1 - 1/1.3 of the speed.
+    assert tokens_lost(waiting, "plain", 1, 0.5, loads, latency) == pytest.approx(0.5 / 0.012 * (1 - 1 / 1.3))
+    # 16 more branches on spec itself: 16 -> 32 sequences, 12 ms -> 30 ms a token; the overlap
+    # is capped at the request's window.
+    assert tokens_lost(waiting, "spec", 16, 5.0, loads, latency) == pytest.approx(1.0 / 0.012 * (1 - 12 / 30))
+    loads["plain"].inflight_branches = 2  # plain already decoding: no new contention
+    assert tokens_lost(waiting, "plain", 8, 0.5, loads, latency) == 0.0
+    loads["plain"].inflight_branches = 0
+    loads["plain"].compute_group = None  # another device
+    assert tokens_lost(waiting, "plain", 8, 0.5, loads, latency) == 0.0
+    past = InFlight(**{**waiting.__dict__, "window_s": -0.1})  # at its deadline already
+    assert tokens_lost(past, "spec", 16, 5.0, loads, latency) == 0.0
+
+
+def test_a_plan_that_would_push_the_requests_in_flight_past_their_deadlines_is_not_chosen():
+    # 4 requests on spec whose deadlines leave them 112 tokens for their 100: a little room.
+    # Starting plain (idle, on their device) would cost each about 19 tokens; one more branch
+    # on spec (16 -> 17 sequences) about 7.
+    planner, loads, inflight = _busy_spec(deadline_tokens=112)
+    alone = planner.plan(request(2.0), loads)
+    assert alone.pool == "plain"  # the idle engine is the quickest for this request alone
+    weighed = planner.plan(request(2.0), loads, inflight)
+    assert weighed.pool == "spec" and weighed.harm_to_inflight == 0.0
+    assert weighed.expected_accuracy is not None and weighed.deadline_tokens >= 100
+    # ... which is what starting plain would cost them: each of the 4 loses its answer
+    harm = planner._harm("plain", alone.num_branches, 1.0, loads, inflight)
+    assert harm == pytest.approx(4 * planner._accuracy("m", "majority", 4, 150, 200))
+    # With room to spare, nothing is lost and the request goes where it is best for itself.
+    _, loads, roomy = _busy_spec(deadline_tokens=200)
+    assert planner.plan(request(2.0), loads, roomy).pool == alone.pool
+    # A fixed plan is not reweighed: it runs what it asked for.
+    fixed = planner.plan(request(2.0, method="majority", branches=2), loads, inflight)
+    assert fixed.harm_to_inflight is None

@@ -615,3 +615,33 @@ def test_the_speed_spread_is_learned_from_recent_branches_and_fades():
     keeper = BudgetKeeper(off, keeper.latency.profile, None, clock=FakeClock())
     branches(30)
     assert keeper.status()["pools"]["a"]["speed_spread"] == [1.0]
+
+
+def test_the_keeper_takes_what_a_new_plan_costs_the_requests_in_flight_from_their_deadlines():
+    def keeper(weigh):
+        config = AppConfig.model_validate({"generators": [
+            {"name": "a", "model_id": "m", "model_source": "x", "max_ongoing_requests": 8}],
+            "router": {"plan_for_inflight": weigh, "merge_margin_s": 0.0}})
+        # 0.01 s a token alone, twice that at 2 sequences (linear to 64)
+        prof = ClusterProfile(device="x", pools={"a": PoolProfile(model_id="m", curves=[
+            SpeedCurve(num_speculative_tokens=0, concurrency=[1, 64], seconds_per_token=[0.01, 0.64],
+                       prefill_s=0.0)])})
+        return BudgetKeeper(config, prof, None, clock=FakeClock())
+
+    one = PlanRequest(budget_s=10, max_tokens=100, method="majority", branches=1)
+    weighing = keeper(True)
+    first = weighing.admit("r1", one)
+    assert first.seconds_per_token == pytest.approx(0.01) and first.deadline_tokens == pytest.approx(1000)
+    # The second request's branch decodes 100 tokens at 0.02 s (2 s), during which the first
+    # one's decodes at half its speed: 100 of its tokens lost by its deadline.
+    weighing.admit("r2", one)
+    assert weighing.admitted["r1"].deadline_tokens == pytest.approx(900)
+    assert weighing.admitted["r2"].deadline_tokens == pytest.approx(10 / 0.02)
+    weighing.release("r1")
+    weighing.release("r2")
+    assert weighing.status()["pools"]["a"]["inflight_branches"] == 0
+
+    ignoring = keeper(False)
+    ignoring.admit("r1", one)
+    ignoring.admit("r2", one)
+    assert ignoring.admitted["r1"].deadline_tokens == pytest.approx(1000)

@@ -15,7 +15,7 @@ from tts_ray.eval.stats import percentile
 from tts_ray.planner.calibration import Calibration
 from tts_ray.planner.early_stop import wave_sizes
 from tts_ray.planner.latency import LatencyModel, PoolLoad, concurrency_band, live_seconds_per_token
-from tts_ray.planner.planner import Plan, Planner, PlanRequest
+from tts_ray.planner.planner import InFlight, Plan, Planner, PlanRequest, tokens_lost
 from tts_ray.planner.profile import ClusterProfile
 
 MIN_TOKENS_OBSERVED = 8  # shorter branches say more about queueing than about decode speed
@@ -75,6 +75,13 @@ class _Admitted:
     predicted_fixed_s: float = 0.0  # predicted merge + scoring: not corrected, taken off the actual
     fits: bool = True  # the plan's prediction (corrected, with the reserve) was inside the budget
     speed_factor: float = 1.0  # the live factor on the profile's speed the plan was predicted with
+    # what a later plan can cost it (see planner.InFlight); seconds_per_token 0: not known
+    model_id: str = ""
+    method: str = "single"
+    max_tokens: int = 0
+    seconds_per_token: float = 0.0
+    deadline_tokens: float = 0.0
+    generation_deadline_at: float = 0.0
 
 
 class BudgetKeeper:
@@ -95,7 +102,8 @@ class BudgetKeeper:
         self.latency = (LatencyModel(profile, calibration, merge_margin_s=config.router.merge_margin_s,
                                      max_search_steps=config.router.max_search_steps)
                         if profile is not None else None)
-        self.planner = Planner(self.latency)
+        self.weigh_inflight = config.router.plan_for_inflight
+        self.planner = Planner(self.latency, weigh_inflight=self.weigh_inflight)
         self.loads: dict[str, PoolLoad] = {}
         for pool in config.generators:
             replicas = pool.autoscaling.min_replicas if pool.autoscaling else pool.num_replicas
@@ -150,12 +158,21 @@ class BudgetKeeper:
             self.latency.deadline_reserve_s = margin_s - self.margin_floor_s
         self._fade_speed_factors()
         self._refresh_corrections()
+        inflight = self._inflight() if self.weigh_inflight else []
         try:
-            plan = self.planner.plan(request, self.loads)
+            plan = self.planner.plan(request, self.loads, [view for _, view in inflight])
         except Exception:
             self.counts["rejected"] += 1
             raise
         load = self.loads[plan.pool]
+        parts = plan.predicted_parts_s
+        busy_s = parts.get("prefill", 0.0) + parts.get("decode", 0.0)
+        if self.weigh_inflight and self.latency is not None:
+            # the requests in flight decode slower beside the new branches: their deadlines
+            # now leave them fewer tokens, which the next plan's harm starts from
+            for entry, view in inflight:
+                entry.deadline_tokens = max(0.0, entry.deadline_tokens - tokens_lost(
+                    view, plan.pool, plan.num_branches, busy_s, self.loads, self.latency))
         # The branches run at the concurrency of the load before them plus one wave (early
         # stopping runs them in waves of its window); the ledger still books all of them, so
         # slots stay reserved for the waves to come.
@@ -171,7 +188,6 @@ class BudgetKeeper:
         learns = (plan.predicted_s is not None and self.latency is not None
                   and request.early_stop_window is None and self.latency.calibration is not None
                   and load.model_id in self.latency.calibration.models)
-        parts = plan.predicted_parts_s
         work_s = ((parts.get("prefill", 0.0) + parts.get("decode", 0.0)) / load.latency_correction
                   if learns else None)
         fits = plan.predicted_s is not None and \
@@ -180,10 +196,25 @@ class BudgetKeeper:
                                               contention=load.contention, predicted_work_s=work_s, fits=fits,
                                               predicted_fixed_s=parts.get("merge", 0.0) + parts.get("score", 0.0),
                                               speed_factor=self._planned_factor(plan.pool, concurrency))
+        if plan.seconds_per_token and plan.deadline_tokens is not None:
+            entry = self.admitted[request_id]
+            entry.model_id, entry.method, entry.max_tokens = plan.model_id, plan.method, request.max_tokens
+            entry.seconds_per_token, entry.deadline_tokens = plan.seconds_per_token, plan.deadline_tokens
+            entry.generation_deadline_at = (entry.admitted_at + parts.get("prefill", 0.0)
+                                            + plan.deadline_tokens * plan.seconds_per_token)
         self._refresh_contention()  # the chosen pool is busy now: its group's other pools slow down
         self.counts["admitted"] += 1
         plan.merge_margin_s = margin_s
         return plan
+
+    def _inflight(self) -> list[tuple[_Admitted, InFlight]]:
+        """The requests in flight a new plan can slow down (those with a known decode speed),
+        each with its view for the planner."""
+        now = self.clock()
+        return [(e, InFlight(pool=e.pool, model_id=e.model_id, method=e.method, branches=e.branches,
+                             max_tokens=e.max_tokens, seconds_per_token=e.seconds_per_token,
+                             deadline_tokens=e.deadline_tokens, window_s=e.generation_deadline_at - now))
+                for e in self.admitted.values() if e.seconds_per_token > 0]
 
     def release(self, request_id: str, observations: list[BranchObservation] | None = None,
                 predicted_s: float | None = None, actual_s: float | None = None,

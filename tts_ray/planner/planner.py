@@ -4,10 +4,11 @@ count B with the highest expected accuracy whose predicted latency fits the budg
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from tts_ray.planner.latency import SCORED, LatencyModel, PoolLoad
+from tts_ray.planner.latency import SCORED, LatencyModel, PoolLoad, live_seconds_per_token
 
 # Methods the planner may pick by itself: parallel sampling, calibrated per B. Step-level
 # search is run when asked for, but not chosen automatically.
@@ -41,6 +42,50 @@ class PlanRequest:
 
 
 @dataclass
+class InFlight:
+    """A request already admitted, as far as a new plan can slow it down (kept by the keeper)."""
+
+    pool: str
+    model_id: str
+    method: str
+    branches: int
+    max_tokens: int
+    seconds_per_token: float  # a branch's predicted decode speed when it was admitted
+    deadline_tokens: float  # tokens a branch can decode by the generation deadline (less what later plans took)
+    window_s: float  # seconds from now until its generation deadline
+
+
+def tokens_lost(request: InFlight, pool: str, branches: int, duration_s: float,
+                loads: dict[str, PoolLoad], latency: LatencyModel) -> float:
+    """Decode tokens ``request`` loses by its deadline if ``branches`` more branches run on
+    ``pool`` for ``duration_s``: over the overlap it decodes f times slower, where f is the
+    rise of its own pool's seconds per token at the higher concurrency (same pool), or of its
+    contention when ``pool`` is an idle pool of its compute group that starts decoding. 0 for
+    a pool of another device, or a request past its deadline."""
+    if request.window_s <= 0 or request.seconds_per_token <= 0 or request.pool not in loads:
+        return 0.0
+    own = loads[request.pool]
+    if request.pool == pool:
+        if not latency.knows(pool):
+            return 0.0
+        curve = latency.profile.pools[pool].curve(own.num_speculative_tokens)
+        replicas = max(1, own.replicas)
+        before = math.ceil(max(1, own.inflight_branches) / replicas)
+        after = math.ceil((own.inflight_branches + branches) / replicas)
+        slowdown = (live_seconds_per_token(curve, own, after)
+                    / live_seconds_per_token(curve, own, before))
+    elif (own.compute_group is not None and pool in loads
+          and loads[pool].compute_group == own.compute_group and loads[pool].inflight_branches == 0):
+        slowdown = (1 + own.group_slowdown * (own.co_busy + 1)) / own.contention
+    else:
+        return 0.0
+    if slowdown <= 1.0:
+        return 0.0
+    overlap_s = min(duration_s, request.window_s)
+    return overlap_s / request.seconds_per_token * (1 - 1 / slowdown)
+
+
+@dataclass
 class Plan:
     """The chosen configuration and why."""
 
@@ -61,6 +106,12 @@ class Plan:
     # there, which is not what the request is expected to take if the burst does not come
     planned_s: float | None = None
     latency_correction: float | None = None  # the pool's correction the prediction includes
+    # at the load in flight now: a branch's decode speed and the tokens it can decode before
+    # the generation deadline (the keeper tracks what later plans take from them)
+    seconds_per_token: float | None = None
+    deadline_tokens: float | None = None
+    # expected accuracy the plan costs the requests in flight (they decode slower beside it)
+    harm_to_inflight: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,10 +131,15 @@ class Planner:
     hardly do, and assuming independence had the planner double its branches under
     deadline pressure for insurance that does not exist. The fit test stays: the deadline
     would cut an over-long plan, but its branches would still load the pool for everyone else.
+
+    Weighing the requests in flight (``weigh_inflight``, for auto plans), a plan's value is
+    its expected accuracy less what it costs them (``_harm``): its branches make theirs
+    decode slower while they overlap, so their deadlines leave them fewer tokens. Then the
+    plans that do not fit are ranked by that value too, not by their own speed alone.
     """
 
-    def __init__(self, latency: LatencyModel | None) -> None:
-        self.latency = latency
+    def __init__(self, latency: LatencyModel | None, weigh_inflight: bool = True) -> None:
+        self.latency, self.weigh_inflight = latency, weigh_inflight
 
     def _accuracy(self, model_id: str, method: str, branches: int, tokens: float, max_tokens: int) -> float | None:
         """Calibrated accuracy of ``method`` at ``branches`` when the deadline leaves each branch
@@ -109,8 +165,28 @@ class Planner:
             return 1.0
         return calibration.models[model_id].finish_probability(prediction.tokens_by(budget_s), max_tokens)
 
-    def plan(self, request: PlanRequest, pools: dict[str, PoolLoad]) -> Plan:
-        """Choose a plan for ``request`` given each pool's current load.
+    def _harm(self, pool: str, branches: int, duration_s: float, pools: dict[str, PoolLoad],
+              inflight: Sequence[InFlight]) -> float:
+        """Expected accuracy the requests in ``inflight`` lose (summed) if ``branches`` more
+        branches decode on ``pool`` for ``duration_s``: each one's calibrated accuracy at the
+        tokens its deadline leaves it, before and after (``tokens_lost``)."""
+        total = 0.0
+        for other in inflight:
+            lost = tokens_lost(other, pool, branches, duration_s, pools, self.latency)
+            if lost <= 0:
+                continue
+            before = self._accuracy(other.model_id, other.method, other.branches, other.deadline_tokens,
+                                    other.max_tokens)
+            after = self._accuracy(other.model_id, other.method, other.branches,
+                                   max(0.0, other.deadline_tokens - lost), other.max_tokens)
+            if before is not None and after is not None:
+                total += max(0.0, before - after)
+        return total
+
+    def plan(self, request: PlanRequest, pools: dict[str, PoolLoad],
+             inflight: Sequence[InFlight] = ()) -> Plan:
+        """Choose a plan for ``request`` given each pool's current load and, for an auto plan,
+        the requests in flight (``inflight``: what a plan costs them counts against it).
 
         Fixed method and B are kept; only what is "auto" (None) is chosen. Pools without a
         profile get no prediction; then the least-loaded pool of the model runs the request
@@ -141,6 +217,8 @@ class Planner:
         best: tuple | None = None
         quickest_single: tuple[float, str] | None = None
         considered = 0
+        harms: dict[tuple[str, int], float] = {}  # per (pool, B): the same for every method
+        weigh = self.weigh_inflight and auto and bool(inflight)
         for name, load in profiled.items():
             share = self._fair_share(load)
             # the 90th percentile of the pool's recent speed over its median (1: no spread known):
@@ -170,16 +248,30 @@ class Planner:
                     accuracy = self._accuracy_over_spread(load, method, branches,
                                                           prediction.tokens_by(request.budget_s),
                                                           request.max_tokens)
+                    # What the plan costs the requests in flight: its branches slow theirs (more
+                    # sequences in their batch, or a second engine on their device), and the
+                    # deadline then leaves them fewer tokens. Counted, the objective is the
+                    # expected number of correct answers, not this request's alone.
+                    harm = 0.0
+                    if weigh and accuracy is not None:
+                        if (name, branches) not in harms:
+                            busy_s = prediction.parts_s.get("prefill", 0.0) + prediction.parts_s.get("decode", 0.0)
+                            harms[name, branches] = self._harm(name, branches, busy_s, pools, inflight)
+                        harm = harms[name, branches]
                     # Rank: fits the budget (the expected longest branch, decoding at the slow
                     # end of the pool's recent speed spread), then expected accuracy as the
-                    # deadline leaves it (log B as a proxy when uncalibrated), then lower
-                    # predicted latency.
+                    # deadline leaves it less the harm (log B as a proxy when uncalibrated),
+                    # then lower predicted latency. When nothing fits: the quickest plan, or,
+                    # weighing the requests in flight, the same objective (a plan cut at the
+                    # deadline still answers; the quickest one may be the one that slows the
+                    # others most, starting an idle engine on their device).
                     fits = prediction.needed_s + (slow - 1) * prediction.parts_s.get("decode", 0.0) \
                         <= request.budget_s
-                    value = accuracy if accuracy is not None else math.log(branches) / 100
-                    key = (fits, value if fits else -prediction.needed_s, -prediction.needed_s)
+                    value = accuracy - harm if accuracy is not None else math.log(branches) / 100
+                    ranked = fits or (weigh and accuracy is not None)
+                    key = (fits, value if ranked else -prediction.needed_s, -prediction.needed_s)
                     if best is None or key > best[0]:
-                        best = (key, name, method, branches, prediction, accuracy, share)
+                        best = (key, name, method, branches, prediction, accuracy, share, harm)
         if quickest_single is None:
             # Fixed B > 1 was asked for: check that one branch could still make it.
             for name, load in profiled.items():
@@ -191,20 +283,24 @@ class Planner:
             wait_s = max(1.0, math.ceil(quickest_single[0] - request.budget_s))
             raise Infeasible(f"latency_budget_s={request.budget_s:g} cannot be met: one branch is "
                              f"predicted to take {quickest_single[0]:.2f}s now", wait_s, quickest_single[0])
-        _, name, method, branches, prediction, accuracy, share = best
+        _, name, method, branches, prediction, accuracy, share, harm = best
         load = profiled[name]
         finish = self._finish_probability(load.model_id, prediction, request.budget_s, request.max_tokens)
         # The reported prediction is at the load in flight now: the burst the plan was sized for
         # may not come, and the prediction error (and the keeper's correction) is measured on it.
         now = self.latency.predict(name, load, method, branches, request.max_tokens,
                                    window=request.early_stop_window)
+        deadline_tokens = now.tokens_by(request.budget_s)
         return Plan(pool=name, model_id=load.model_id, method=method, num_branches=branches,
                     num_speculative_tokens=load.num_speculative_tokens, predicted_s=now.total_s,
                     expected_accuracy=accuracy, auto=auto, fair_share=share if auto else None,
                     candidates=considered, predicted_parts_s=now.parts_s,
                     branch_finish_probability=round(finish, 4),
                     planned_s=prediction.total_s if prediction.total_s != now.total_s else None,
-                    latency_correction=round(load.latency_correction, 4))
+                    latency_correction=round(load.latency_correction, 4),
+                    seconds_per_token=now.seconds_per_token,
+                    deadline_tokens=deadline_tokens if math.isfinite(deadline_tokens) else None,
+                    harm_to_inflight=round(harm, 4) if weigh else None)
 
     @staticmethod
     def _admission_load(load: PoolLoad) -> PoolLoad:
