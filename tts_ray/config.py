@@ -248,11 +248,13 @@ class RouterConfig(_Strict):
                           "predicted speed alone: a plan that leaves its branches just enough "
                           "tokens loses to one with room to spare when the speed varies.")
     plan_for_inflight: bool = Field(
-        True, description="Count against an auto plan the expected accuracy it costs the requests "
-                          "already in flight: its branches slow theirs (a fuller batch on their "
-                          "pool, or an idle engine on their device starting to decode), so their "
-                          "deadlines leave them fewer tokens. The planner then maximises the "
-                          "expected correct answers of all of them, not this request's alone.")
+        True, description="Count against an auto plan (with a calibration) the expected accuracy "
+                          "it costs the requests already in flight: its branches slow theirs (a "
+                          "fuller batch on their pool, or an idle engine on their device starting "
+                          "to decode), so their deadlines leave them fewer tokens. Among plans that "
+                          "fit the budget the planner ranks by its own expected accuracy less that "
+                          "cost; when none fits, by the cost, then the quickest. Requests still to "
+                          "come are not counted.")
     score_reserve_s: float = Field(
         0.3, ge=0, description="Time kept for PRM scoring before the merge margin when the profile "
                                "has no scoring curve.")

@@ -6,7 +6,7 @@ import pytest
 
 from tts_ray.planner.calibration import Calibration, ModelCalibration
 from tts_ray.planner.latency import LatencyModel, PoolLoad
-from tts_ray.planner.planner import Infeasible, InFlight, Planner, PlanRequest, tokens_lost
+from tts_ray.planner.planner import Infeasible, InFlight, Planner, PlanRequest, slowdown, tokens_lost
 from tts_ray.planner.profile import ClusterProfile, PoolProfile, SpeedCurve
 
 CONCURRENCY = [1, 2, 4, 8, 16, 32, 64]
@@ -375,17 +375,19 @@ def test_tokens_lost_follow_the_slowdown_over_the_overlap():
     latency, waiting = planner.latency, inflight[0]
     # Starting the idle plain engine: spec's contention goes from 1 to 1.3 for the overlap
     # (0.5 s of a 1 s window): 0.5 / 0.012 tokens at 1 - 1/1.3 of the speed.
-    assert tokens_lost(waiting, "plain", 1, 0.5, loads, latency) == pytest.approx(0.5 / 0.012 * (1 - 1 / 1.3))
+    assert slowdown("spec", "plain", 1, loads, latency) == pytest.approx(1.3)
+    assert tokens_lost(waiting, 1.3, 0.5) == pytest.approx(0.5 / 0.012 * (1 - 1 / 1.3))
     # 16 more branches on spec itself: 16 -> 32 sequences, 12 ms -> 30 ms a token; the overlap
     # is capped at the request's window.
-    assert tokens_lost(waiting, "spec", 16, 5.0, loads, latency) == pytest.approx(1.0 / 0.012 * (1 - 12 / 30))
+    assert slowdown("spec", "spec", 16, loads, latency) == pytest.approx(30 / 12)
+    assert tokens_lost(waiting, 30 / 12, 5.0) == pytest.approx(1.0 / 0.012 * (1 - 12 / 30))
     loads["plain"].inflight_branches = 2  # plain already decoding: no new contention
-    assert tokens_lost(waiting, "plain", 8, 0.5, loads, latency) == 0.0
+    assert slowdown("spec", "plain", 8, loads, latency) == 1.0
     loads["plain"].inflight_branches = 0
     loads["plain"].compute_group = None  # another device
-    assert tokens_lost(waiting, "plain", 8, 0.5, loads, latency) == 0.0
+    assert slowdown("spec", "plain", 8, loads, latency) == 1.0
     past = InFlight(**{**waiting.__dict__, "window_s": -0.1})  # at its deadline already
-    assert tokens_lost(past, "spec", 16, 5.0, loads, latency) == 0.0
+    assert tokens_lost(past, 2.0, 5.0) == 0.0
 
 
 def test_a_plan_that_would_push_the_requests_in_flight_past_their_deadlines_is_not_chosen():
@@ -399,11 +401,42 @@ def test_a_plan_that_would_push_the_requests_in_flight_past_their_deadlines_is_n
     assert weighed.pool == "spec" and weighed.harm_to_inflight == 0.0
     assert weighed.expected_accuracy is not None and weighed.deadline_tokens >= 100
     # ... which is what starting plain would cost them: each of the 4 loses its answer
-    harm = planner._harm("plain", alone.num_branches, 1.0, loads, inflight)
-    assert harm == pytest.approx(4 * planner._accuracy("m", "majority", 4, 150, 200))
+    harm = planner._harm("plain", alone.num_branches, 1.0, loads, inflight, {})
+    accuracy = planner._accuracy("m", "majority", 4, inflight[0].deadline_tokens, 200)
+    assert accuracy > 0.5 and harm == pytest.approx(4 * accuracy)
     # With room to spare, nothing is lost and the request goes where it is best for itself.
     _, loads, roomy = _busy_spec(deadline_tokens=200)
     assert planner.plan(request(2.0), loads, roomy).pool == alone.pool
     # A fixed plan is not reweighed: it runs what it asked for.
     fixed = planner.plan(request(2.0, method="majority", branches=2), loads, inflight)
     assert fixed.harm_to_inflight is None
+    # Off, the requests in flight are not looked at.
+    planner.weigh_inflight = False
+    assert planner.plan(request(2.0), loads, inflight).pool == alone.pool
+
+
+def test_when_nothing_fits_the_plan_that_costs_the_others_least_then_the_quickest():
+    # Branches have been running up to 1.5x slower than predicted, and at that slow end no
+    # plan's 100 tokens fit in 1.5 s (one branch alone: 1.36 s predicted, so no 429).
+    planner, loads, inflight = _busy_spec(deadline_tokens=112)
+    for load in loads.values():
+        load.speed_spread = (1.0, 1.5)
+    quickest = planner.plan(request(1.5), loads)
+    assert quickest.num_branches == 1 and quickest.pool == "plain"  # the idle engine
+    weighed = planner.plan(request(1.5), loads, inflight)
+    # one branch on spec, beside them: not the idle engine that would slow them all, and
+    # not more branches, which the table would favour at the deadline's edge
+    assert (weighed.pool, weighed.num_branches) == ("spec", 1)
+    assert weighed.harm_to_inflight == 0.0
+
+
+def test_an_early_stopping_plan_slows_the_others_by_one_wave():
+    # 125 tokens for 100: 3 more sequences beside them (16 -> 19) cost each 18 tokens, 12
+    # more (16 -> 28) 44.
+    planner, loads, inflight = _busy_spec(deadline_tokens=125)
+    cache: dict = {}
+    assert planner._harm("spec", 3, 1.0, loads, inflight, cache) == 0.0
+    assert planner._harm("spec", 12, 1.0, loads, inflight, cache) > 0.0
+    # on spec, in waves of 3: more branches than 3, costing them nothing (all at once they would)
+    plan = planner.plan(request(4.0, early_stop_window=3, num_speculative_tokens=4), loads, inflight)
+    assert plan.num_branches > 3 and plan.harm_to_inflight == 0.0

@@ -180,8 +180,8 @@ def _shared_keeper(group: str | None = "node", slowdown: float = 1.0):
     config = AppConfig.model_validate({"generators": [
         {"name": name, "model_id": "m", "model_source": "x", "max_ongoing_requests": 16,
          "compute_group": group, "compute_group_slowdown": slowdown} for name in ("a", "b")]})
-    curve = SpeedCurve(num_speculative_tokens=0, concurrency=[1, 64], seconds_per_token=[0.01, 0.01])
-    prof = ClusterProfile(device="x", pools={name: PoolProfile(model_id="m", curves=[curve]) for name in "ab"})
+    prof = ClusterProfile(device="x", pools={name: PoolProfile(model_id="m", curves=[SpeedCurve(
+        num_speculative_tokens=0, concurrency=[1, 64], seconds_per_token=[0.01, 0.01])]) for name in "ab"})
     return BudgetKeeper(config, prof, None, ewma_alpha=0.5, clock=FakeClock())
 
 
@@ -617,31 +617,43 @@ def test_the_speed_spread_is_learned_from_recent_branches_and_fades():
     assert keeper.status()["pools"]["a"]["speed_spread"] == [1.0]
 
 
-def test_the_keeper_takes_what_a_new_plan_costs_the_requests_in_flight_from_their_deadlines():
-    def keeper(weigh):
-        config = AppConfig.model_validate({"generators": [
-            {"name": "a", "model_id": "m", "model_source": "x", "max_ongoing_requests": 8}],
-            "router": {"plan_for_inflight": weigh, "merge_margin_s": 0.0}})
-        # 0.01 s a token alone, twice that at 2 sequences (linear to 64)
-        prof = ClusterProfile(device="x", pools={"a": PoolProfile(model_id="m", curves=[
-            SpeedCurve(num_speculative_tokens=0, concurrency=[1, 64], seconds_per_token=[0.01, 0.64],
-                       prefill_s=0.0)])})
-        return BudgetKeeper(config, prof, None, clock=FakeClock())
-
+def test_the_keeper_follows_the_progress_of_the_requests_in_flight_as_the_load_changes():
+    clock = FakeClock()
+    config = AppConfig.model_validate({"generators": [
+        {"name": "a", "model_id": "m", "model_source": "x", "max_ongoing_requests": 8}],
+        "router": {"merge_margin_s": 0.0}})
+    # 0.01 s a token alone, twice that at 2 sequences (linear to 64)
+    prof = ClusterProfile(device="x", pools={"a": PoolProfile(model_id="m", curves=[
+        SpeedCurve(num_speculative_tokens=0, concurrency=[1, 64], seconds_per_token=[0.01, 0.64],
+                   prefill_s=0.0)])})
+    keeper = BudgetKeeper(config, prof, None, clock=clock)
     one = PlanRequest(budget_s=10, max_tokens=100, method="majority", branches=1)
-    weighing = keeper(True)
-    first = weighing.admit("r1", one)
+    first = keeper.admit("r1", one)
     assert first.seconds_per_token == pytest.approx(0.01) and first.deadline_tokens == pytest.approx(1000)
-    # The second request's branch decodes 100 tokens at 0.02 s (2 s), during which the first
-    # one's decodes at half its speed: 100 of its tokens lost by its deadline.
-    weighing.admit("r2", one)
-    assert weighing.admitted["r1"].deadline_tokens == pytest.approx(900)
-    assert weighing.admitted["r2"].deadline_tokens == pytest.approx(10 / 0.02)
-    weighing.release("r1")
-    weighing.release("r2")
-    assert weighing.status()["pools"]["a"]["inflight_branches"] == 0
+    clock.now += 2  # 200 tokens alone
+    keeper.admit("r2", one)
+    # beside r2 it decodes at 0.02 s a token: 200 + 8 s / 0.02 by its deadline
+    (view_r1, view_r2) = keeper._inflight()
+    assert (view_r1.seconds_per_token, view_r1.deadline_tokens, view_r1.window_s) == \
+        (pytest.approx(0.02), pytest.approx(600), pytest.approx(8))
+    assert view_r2.deadline_tokens == pytest.approx(10 / 0.02)
+    clock.now += 2  # 100 more tokens beside r2, which then ends: alone again for the last 6 s
+    keeper.release("r2")
+    (view_r1,) = keeper._inflight()
+    assert (view_r1.seconds_per_token, view_r1.deadline_tokens) == (pytest.approx(0.01), pytest.approx(900))
+    clock.now += 7  # past its deadline: nothing left to slow down
+    assert keeper._inflight() == []
 
-    ignoring = keeper(False)
-    ignoring.admit("r1", one)
-    ignoring.admit("r2", one)
-    assert ignoring.admitted["r1"].deadline_tokens == pytest.approx(1000)
+
+def test_the_keeper_hands_the_requests_in_flight_to_auto_plans():
+    keeper = _keeper(calibrated=True)
+    fixed = PlanRequest(budget_s=10, max_tokens=100, method="majority", branches=2)
+    auto = PlanRequest(budget_s=10, max_tokens=100)
+    assert keeper.admit("first", auto).harm_to_inflight is None  # nothing in flight yet
+    keeper.admit("fixed", fixed)
+    assert keeper.admit("auto", auto).harm_to_inflight == 0.0  # flat curve: costs them nothing
+    off = AppConfig.model_validate({"generators": [{"name": "a", "model_id": "m", "model_source": "x"}],
+                                    "router": {"plan_for_inflight": False}})
+    keeper = BudgetKeeper(off, keeper.latency.profile, keeper.latency.calibration, clock=FakeClock())
+    keeper.admit("fixed", fixed)
+    assert keeper.admit("auto", auto).harm_to_inflight is None

@@ -15,7 +15,7 @@ from tts_ray.eval.stats import percentile
 from tts_ray.planner.calibration import Calibration
 from tts_ray.planner.early_stop import wave_sizes
 from tts_ray.planner.latency import LatencyModel, PoolLoad, concurrency_band, live_seconds_per_token
-from tts_ray.planner.planner import InFlight, Plan, Planner, PlanRequest, tokens_lost
+from tts_ray.planner.planner import InFlight, Plan, Planner, PlanRequest
 from tts_ray.planner.profile import ClusterProfile
 
 MIN_TOKENS_OBSERVED = 8  # shorter branches say more about queueing than about decode speed
@@ -75,12 +75,15 @@ class _Admitted:
     predicted_fixed_s: float = 0.0  # predicted merge + scoring: not corrected, taken off the actual
     fits: bool = True  # the plan's prediction (corrected, with the reserve) was inside the budget
     speed_factor: float = 1.0  # the live factor on the profile's speed the plan was predicted with
-    # what a later plan can cost it (see planner.InFlight); seconds_per_token 0: not known
+    # Its progress, for what a later plan can cost it (planner.InFlight): the tokens a branch
+    # has decoded by ``progress_at`` (from the decode's predicted start), advanced at the
+    # pool's speed at each admission and release, up to its generation deadline
+    tracked: bool = False
     model_id: str = ""
     method: str = "single"
     max_tokens: int = 0
-    seconds_per_token: float = 0.0
-    deadline_tokens: float = 0.0
+    tokens_done: float = 0.0
+    progress_at: float = 0.0
     generation_deadline_at: float = 0.0
 
 
@@ -146,6 +149,8 @@ class BudgetKeeper:
         Raises:
             ValueError: no pool serves the model; Infeasible: budget unreachable (429).
         """
+        if self.weigh_inflight:
+            self._advance()  # at the speed of the load before this request's
         # Fair shares look at the requests in flight lately, not only now: in a burst the
         # first request must not take every slot from the ones right behind it.
         active = sum(load.active_requests for load in self.loads.values())
@@ -158,21 +163,13 @@ class BudgetKeeper:
             self.latency.deadline_reserve_s = margin_s - self.margin_floor_s
         self._fade_speed_factors()
         self._refresh_corrections()
-        inflight = self._inflight() if self.weigh_inflight else []
         try:
-            plan = self.planner.plan(request, self.loads, [view for _, view in inflight])
+            plan = self.planner.plan(request, self.loads, self._inflight() if self.weigh_inflight else ())
         except Exception:
             self.counts["rejected"] += 1
             raise
         load = self.loads[plan.pool]
         parts = plan.predicted_parts_s
-        busy_s = parts.get("prefill", 0.0) + parts.get("decode", 0.0)
-        if self.weigh_inflight and self.latency is not None:
-            # the requests in flight decode slower beside the new branches: their deadlines
-            # now leave them fewer tokens, which the next plan's harm starts from
-            for entry, view in inflight:
-                entry.deadline_tokens = max(0.0, entry.deadline_tokens - tokens_lost(
-                    view, plan.pool, plan.num_branches, busy_s, self.loads, self.latency))
         # The branches run at the concurrency of the load before them plus one wave (early
         # stopping runs them in waves of its window); the ledger still books all of them, so
         # slots stay reserved for the waves to come.
@@ -198,23 +195,56 @@ class BudgetKeeper:
                                               speed_factor=self._planned_factor(plan.pool, concurrency))
         if plan.seconds_per_token and plan.deadline_tokens is not None:
             entry = self.admitted[request_id]
+            entry.tracked = True
             entry.model_id, entry.method, entry.max_tokens = plan.model_id, plan.method, request.max_tokens
-            entry.seconds_per_token, entry.deadline_tokens = plan.seconds_per_token, plan.deadline_tokens
-            entry.generation_deadline_at = (entry.admitted_at + parts.get("prefill", 0.0)
-                                            + plan.deadline_tokens * plan.seconds_per_token)
+            entry.progress_at = entry.admitted_at + parts.get("prefill", 0.0)
+            entry.generation_deadline_at = entry.progress_at + plan.deadline_tokens * plan.seconds_per_token
         self._refresh_contention()  # the chosen pool is busy now: its group's other pools slow down
         self.counts["admitted"] += 1
         plan.merge_margin_s = margin_s
         return plan
 
-    def _inflight(self) -> list[tuple[_Admitted, InFlight]]:
-        """The requests in flight a new plan can slow down (those with a known decode speed),
-        each with its view for the planner."""
-        now = self.clock()
-        return [(e, InFlight(pool=e.pool, model_id=e.model_id, method=e.method, branches=e.branches,
-                             max_tokens=e.max_tokens, seconds_per_token=e.seconds_per_token,
-                             deadline_tokens=e.deadline_tokens, window_s=e.generation_deadline_at - now))
-                for e in self.admitted.values() if e.seconds_per_token > 0]
+    def _seconds_per_token_now(self) -> dict[str, float]:
+        """Per profiled pool: a branch's predicted seconds per token at the load in flight now
+        (live speed, contention and latency correction included)."""
+        if self.latency is None:
+            return {}
+        speeds = {}
+        for name, load in self.loads.items():
+            if self.latency.knows(name):
+                curve = self.latency.profile.pools[name].curve(load.num_speculative_tokens)
+                concurrency = math.ceil(max(1, load.inflight_branches) / load.replicas)
+                speeds[name] = (live_seconds_per_token(curve, load, concurrency) * load.contention
+                                * load.latency_correction)
+        return speeds
+
+    def _advance(self) -> None:
+        """Move every tracked request's progress to now at its pool's speed since the last
+        admission or release (the load has not changed in between). Called before the load
+        changes."""
+        now, speeds = self.clock(), None
+        for entry in self.admitted.values():
+            until = min(now, entry.generation_deadline_at)
+            if entry.tracked and until > entry.progress_at:
+                speeds = speeds if speeds is not None else self._seconds_per_token_now()
+                entry.tokens_done += (until - entry.progress_at) / speeds[entry.pool]
+                entry.progress_at = until
+
+    def _inflight(self) -> list[InFlight]:
+        """The requests in flight that a new plan can still slow down (tracked, before their
+        generation deadline), with the tokens their deadline leaves them at the speed now:
+        what they have decoded plus what the rest of their window holds."""
+        now, speeds = self.clock(), self._seconds_per_token_now()
+        views = []
+        for e in self.admitted.values():
+            if not e.tracked or e.generation_deadline_at <= now:
+                continue
+            spt = speeds[e.pool]
+            rest = (e.generation_deadline_at - max(now, e.progress_at)) / spt
+            views.append(InFlight(pool=e.pool, model_id=e.model_id, method=e.method, branches=e.branches,
+                                  max_tokens=e.max_tokens, seconds_per_token=spt,
+                                  deadline_tokens=e.tokens_done + rest, window_s=e.generation_deadline_at - now))
+        return views
 
     def release(self, request_id: str, observations: list[BranchObservation] | None = None,
                 predicted_s: float | None = None, actual_s: float | None = None,
@@ -228,6 +258,8 @@ class BudgetKeeper:
         entry = self.admitted.pop(request_id, None)
         if entry is None:
             return
+        if self.weigh_inflight:
+            self._advance()  # the others ran beside this request until now
         if needed_margin_s is not None and needed_margin_s >= 0:
             self.needed_margins = (self.needed_margins + [(self.clock(), needed_margin_s)])[-MARGIN_WINDOW:]
         load = self.loads[entry.pool]

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from tts_ray.planner.early_stop import wave_sizes
 from tts_ray.planner.latency import SCORED, LatencyModel, PoolLoad, live_seconds_per_token
 
 # Methods the planner may pick by itself: parallel sampling, calibrated per B. Step-level
@@ -50,39 +51,41 @@ class InFlight:
     method: str
     branches: int
     max_tokens: int
-    seconds_per_token: float  # a branch's predicted decode speed when it was admitted
-    deadline_tokens: float  # tokens a branch can decode by the generation deadline (less what later plans took)
+    seconds_per_token: float  # a branch's decode speed now, at the load in flight
+    deadline_tokens: float  # tokens a branch will have decoded by its generation deadline at that speed
     window_s: float  # seconds from now until its generation deadline
 
 
-def tokens_lost(request: InFlight, pool: str, branches: int, duration_s: float,
-                loads: dict[str, PoolLoad], latency: LatencyModel) -> float:
-    """Decode tokens ``request`` loses by its deadline if ``branches`` more branches run on
-    ``pool`` for ``duration_s``: over the overlap it decodes f times slower, where f is the
-    rise of its own pool's seconds per token at the higher concurrency (same pool), or of its
-    contention when ``pool`` is an idle pool of its compute group that starts decoding. 0 for
-    a pool of another device, or a request past its deadline."""
-    if request.window_s <= 0 or request.seconds_per_token <= 0 or request.pool not in loads:
-        return 0.0
-    own = loads[request.pool]
-    if request.pool == pool:
+def slowdown(own_pool: str, pool: str, sequences: int, loads: dict[str, PoolLoad],
+             latency: LatencyModel) -> float:
+    """How many times slower a branch on ``own_pool`` decodes while ``sequences`` more decode on
+    ``pool``: the rise of its pool's live seconds per token at the higher concurrency (the same
+    pool), or of its contention when ``pool`` is an idle pool of its compute group that starts
+    decoding; 1 for a pool on another device (or one already decoding beside it)."""
+    own = loads.get(own_pool)
+    if own is None:
+        return 1.0
+    if own_pool == pool:
         if not latency.knows(pool):
-            return 0.0
+            return 1.0
         curve = latency.profile.pools[pool].curve(own.num_speculative_tokens)
         replicas = max(1, own.replicas)
         before = math.ceil(max(1, own.inflight_branches) / replicas)
-        after = math.ceil((own.inflight_branches + branches) / replicas)
-        slowdown = (live_seconds_per_token(curve, own, after)
-                    / live_seconds_per_token(curve, own, before))
-    elif (own.compute_group is not None and pool in loads
-          and loads[pool].compute_group == own.compute_group and loads[pool].inflight_branches == 0):
-        slowdown = (1 + own.group_slowdown * (own.co_busy + 1)) / own.contention
-    else:
-        return 0.0
-    if slowdown <= 1.0:
+        after = math.ceil((own.inflight_branches + sequences) / replicas)
+        return live_seconds_per_token(curve, own, after) / live_seconds_per_token(curve, own, before)
+    if (own.compute_group is not None and pool in loads
+            and loads[pool].compute_group == own.compute_group and loads[pool].inflight_branches == 0):
+        return (1 + own.group_slowdown * (own.co_busy + 1)) / own.contention
+    return 1.0
+
+
+def tokens_lost(request: InFlight, factor: float, duration_s: float) -> float:
+    """Decode tokens ``request`` loses by its deadline when it decodes ``factor`` times slower
+    (``slowdown``) for ``duration_s`` from now (only the part inside its window counts)."""
+    if request.window_s <= 0 or request.seconds_per_token <= 0 or factor <= 1.0:
         return 0.0
     overlap_s = min(duration_s, request.window_s)
-    return overlap_s / request.seconds_per_token * (1 - 1 / slowdown)
+    return overlap_s / request.seconds_per_token * (1 - 1 / factor)
 
 
 @dataclass
@@ -132,10 +135,10 @@ class Planner:
     deadline pressure for insurance that does not exist. The fit test stays: the deadline
     would cut an over-long plan, but its branches would still load the pool for everyone else.
 
-    Weighing the requests in flight (``weigh_inflight``, for auto plans), a plan's value is
-    its expected accuracy less what it costs them (``_harm``): its branches make theirs
-    decode slower while they overlap, so their deadlines leave them fewer tokens. Then the
-    plans that do not fit are ranked by that value too, not by their own speed alone.
+    Weighing the requests in flight (``weigh_inflight``, for calibrated auto plans), a fitting
+    plan's value is its expected accuracy less what it costs them (``_harm``): its branches
+    make theirs decode slower while they overlap, so their deadlines leave them fewer tokens.
+    When no plan fits, the one that costs them least is taken, then the quickest.
     """
 
     def __init__(self, latency: LatencyModel | None, weigh_inflight: bool = True) -> None:
@@ -165,18 +168,24 @@ class Planner:
             return 1.0
         return calibration.models[model_id].finish_probability(prediction.tokens_by(budget_s), max_tokens)
 
-    def _harm(self, pool: str, branches: int, duration_s: float, pools: dict[str, PoolLoad],
-              inflight: Sequence[InFlight]) -> float:
-        """Expected accuracy the requests in ``inflight`` lose (summed) if ``branches`` more
+    def _harm(self, pool: str, sequences: int, duration_s: float, pools: dict[str, PoolLoad],
+              inflight: Sequence[InFlight], cache: dict) -> float:
+        """Expected accuracy the requests in ``inflight`` lose (summed) if ``sequences`` more
         branches decode on ``pool`` for ``duration_s``: each one's calibrated accuracy at the
-        tokens its deadline leaves it, before and after (``tokens_lost``)."""
+        tokens its deadline leaves it, before and after (``tokens_lost``). ``cache`` holds, for
+        one plan() call, the slowdowns and the accuracies before."""
         total = 0.0
-        for other in inflight:
-            lost = tokens_lost(other, pool, branches, duration_s, pools, self.latency)
+        for i, other in enumerate(inflight):
+            key = ("slowdown", other.pool, pool, sequences)
+            if key not in cache:
+                cache[key] = slowdown(other.pool, pool, sequences, pools, self.latency)
+            lost = tokens_lost(other, cache[key], duration_s)
             if lost <= 0:
                 continue
-            before = self._accuracy(other.model_id, other.method, other.branches, other.deadline_tokens,
-                                    other.max_tokens)
+            if ("before", i) not in cache:
+                cache["before", i] = self._accuracy(other.model_id, other.method, other.branches,
+                                                    other.deadline_tokens, other.max_tokens)
+            before = cache["before", i]
             after = self._accuracy(other.model_id, other.method, other.branches,
                                    max(0.0, other.deadline_tokens - lost), other.max_tokens)
             if before is not None and after is not None:
@@ -218,7 +227,8 @@ class Planner:
         quickest_single: tuple[float, str] | None = None
         considered = 0
         harms: dict[tuple[str, int], float] = {}  # per (pool, B): the same for every method
-        weigh = self.weigh_inflight and auto and bool(inflight)
+        cache: dict = {}
+        weigh = self.weigh_inflight and auto and bool(inflight) and self.latency.calibration is not None
         for name, load in profiled.items():
             share = self._fair_share(load)
             # the 90th percentile of the pool's recent speed over its median (1: no spread known):
@@ -248,28 +258,31 @@ class Planner:
                     accuracy = self._accuracy_over_spread(load, method, branches,
                                                           prediction.tokens_by(request.budget_s),
                                                           request.max_tokens)
-                    # What the plan costs the requests in flight: its branches slow theirs (more
-                    # sequences in their batch, or a second engine on their device), and the
-                    # deadline then leaves them fewer tokens. Counted, the objective is the
-                    # expected number of correct answers, not this request's alone.
+                    fits = prediction.needed_s + (slow - 1) * prediction.parts_s.get("decode", 0.0) \
+                        <= request.budget_s
+                    # What the plan costs the requests in flight: its branches (one wave at a time
+                    # with early stopping) slow theirs, with more sequences in their batch or a
+                    # second engine on their device, and the deadline then leaves them fewer
+                    # tokens. Not needed for a plan that does not fit once one does.
                     harm = 0.0
-                    if weigh and accuracy is not None:
+                    if weigh and (fits or best is None or not best[0][0]):
                         if (name, branches) not in harms:
                             busy_s = prediction.parts_s.get("prefill", 0.0) + prediction.parts_s.get("decode", 0.0)
-                            harms[name, branches] = self._harm(name, branches, busy_s, pools, inflight)
+                            sequences = wave_sizes(branches, request.early_stop_window)[0]
+                            harms[name, branches] = self._harm(name, sequences, busy_s, pools, inflight, cache)
                         harm = harms[name, branches]
                     # Rank: fits the budget (the expected longest branch, decoding at the slow
                     # end of the pool's recent speed spread), then expected accuracy as the
                     # deadline leaves it less the harm (log B as a proxy when uncalibrated),
-                    # then lower predicted latency. When nothing fits: the quickest plan, or,
-                    # weighing the requests in flight, the same objective (a plan cut at the
-                    # deadline still answers; the quickest one may be the one that slows the
-                    # others most, starting an idle engine on their device).
-                    fits = prediction.needed_s + (slow - 1) * prediction.parts_s.get("decode", 0.0) \
-                        <= request.budget_s
-                    value = accuracy - harm if accuracy is not None else math.log(branches) / 100
-                    ranked = fits or (weigh and accuracy is not None)
-                    key = (fits, value if ranked else -prediction.needed_s, -prediction.needed_s)
+                    # then lower predicted latency. When nothing fits: the least harm (to the
+                    # hundredth), then the quickest plan. Not by accuracy there: at the
+                    # deadline's edge the table favours many branches, and under overload the
+                    # requests in flight are already lost, so their harm cannot hold B back.
+                    if fits:
+                        value = accuracy - harm if accuracy is not None else math.log(branches) / 100
+                    else:
+                        value = -round(harm, 2)
+                    key = (fits, value, -prediction.needed_s)
                     if best is None or key > best[0]:
                         best = (key, name, method, branches, prediction, accuracy, share, harm)
         if quickest_single is None:
