@@ -248,7 +248,9 @@ class RouterConfig(_Strict):
                           "predicted speed alone: a plan that leaves its branches just enough "
                           "tokens loses to one with room to spare when the speed varies.")
     plan_for_inflight: bool = Field(
-        True, description="Count against an auto plan (with a calibration) the expected accuracy "
+        False, description="(Experimental; off: on the CPU testbed it did not bring auto closer to "
+                           "the best fixed plan, docs/architecture.md.) "
+                           "Count against an auto plan (with a calibration) the expected accuracy "
                           "it costs the requests already in flight: its branches slow theirs (a "
                           "fuller batch on their pool, or an idle engine on their device starting "
                           "to decode), so their deadlines leave them fewer tokens. Among plans that "

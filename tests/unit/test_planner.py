@@ -360,6 +360,7 @@ def _busy_spec(deadline_tokens: float, requests: int = 4, branches: int = 4):
     ``branches`` branches in flight on spec, each with 1 s of its decode window left and
     ``deadline_tokens`` tokens by its deadline (every answer is 100 tokens long)."""
     planner, loads = setup(SPEC_PAYS_SMALL)
+    planner.weigh_inflight = True
     for load in loads.values():
         load.compute_group, load.group_slowdown = "node", 0.3
     loads["spec"].inflight_branches, loads["spec"].active_requests = requests * branches, requests
@@ -440,3 +441,16 @@ def test_an_early_stopping_plan_slows_the_others_by_one_wave():
     # on spec, in waves of 3: more branches than 3, costing them nothing (all at once they would)
     plan = planner.plan(request(4.0, early_stop_window=3, num_speculative_tokens=4), loads, inflight)
     assert plan.num_branches > 3 and plan.harm_to_inflight == 0.0
+
+
+def test_429_when_one_branch_fits_only_where_it_would_cost_the_requests_in_flight():
+    # 24 branches in flight on spec (22 ms a token there now): one more takes 2.3 s on spec, or
+    # 1.36 s on the idle plain engine, which would slow all four past their deadlines.
+    planner, loads, inflight = _busy_spec(deadline_tokens=112, branches=6)
+    assert planner.plan(request(1.5), loads).pool == "plain"
+    with pytest.raises(Infeasible, match="costs the requests in flight least") as raised:
+        planner.plan(request(1.5), loads, inflight)
+    assert raised.value.predicted_s > 2.0 and raised.value.retry_after_s >= 1
+    # with room in their deadlines, plain costs them nothing and serves the request
+    _, loads, roomy = _busy_spec(deadline_tokens=300, branches=6)
+    assert planner.plan(request(1.5), loads, roomy).pool == "plain"

@@ -621,7 +621,7 @@ def test_the_keeper_follows_the_progress_of_the_requests_in_flight_as_the_load_c
     clock = FakeClock()
     config = AppConfig.model_validate({"generators": [
         {"name": "a", "model_id": "m", "model_source": "x", "max_ongoing_requests": 8}],
-        "router": {"merge_margin_s": 0.0}})
+        "router": {"merge_margin_s": 0.0, "plan_for_inflight": True}})
     # 0.01 s a token alone, twice that at 2 sequences (linear to 64)
     prof = ClusterProfile(device="x", pools={"a": PoolProfile(model_id="m", curves=[
         SpeedCurve(num_speculative_tokens=0, concurrency=[1, 64], seconds_per_token=[0.01, 0.64],
@@ -647,6 +647,8 @@ def test_the_keeper_follows_the_progress_of_the_requests_in_flight_as_the_load_c
 
 def test_the_keeper_hands_the_requests_in_flight_to_auto_plans():
     keeper = _keeper(calibrated=True)
+    assert not keeper.weigh_inflight  # off by default
+    keeper.weigh_inflight = keeper.planner.weigh_inflight = True
     fixed = PlanRequest(budget_s=10, max_tokens=100, method="majority", branches=2)
     auto = PlanRequest(budget_s=10, max_tokens=100)
     assert keeper.admit("first", auto).harm_to_inflight is None  # nothing in flight yet

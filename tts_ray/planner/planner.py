@@ -141,7 +141,7 @@ class Planner:
     When no plan fits, the one that costs them least is taken, then the quickest.
     """
 
-    def __init__(self, latency: LatencyModel | None, weigh_inflight: bool = True) -> None:
+    def __init__(self, latency: LatencyModel | None, weigh_inflight: bool = False) -> None:
         self.latency, self.weigh_inflight = latency, weigh_inflight
 
     def _accuracy(self, model_id: str, method: str, branches: int, tokens: float, max_tokens: int) -> float | None:
@@ -224,7 +224,7 @@ class Planner:
                         expected_accuracy=None, auto=auto)
 
         best: tuple | None = None
-        quickest_single: tuple[float, str] | None = None
+        quickest_single: tuple[float, float, str] | None = None  # (harm to the hundredth, s, pool)
         considered = 0
         harms: dict[tuple[str, int], float] = {}  # per (pool, B): the same for every method
         cache: dict = {}
@@ -247,11 +247,6 @@ class Planner:
                     planning_load = self._planning_load(load, branches) if request.branches is None else load
                     prediction = self.latency.predict(name, planning_load, method, branches, request.max_tokens,
                                                       window=request.early_stop_window)
-                    if branches == 1:  # 429 only when one branch cannot make it under today's load
-                        now = self.latency.predict(name, self._admission_load(load), method, 1,
-                                                   request.max_tokens)
-                        if quickest_single is None or now.needed_s < quickest_single[0]:
-                            quickest_single = (now.needed_s, name)
                     # Accuracy as the deadline leaves it: branches still running then are cut,
                     # and only the finished ones vote (a lone long branch is the risky plan);
                     # averaged over how much faster or slower than predicted branches have run.
@@ -263,14 +258,24 @@ class Planner:
                     # What the plan costs the requests in flight: its branches (one wave at a time
                     # with early stopping) slow theirs, with more sequences in their batch or a
                     # second engine on their device, and the deadline then leaves them fewer
-                    # tokens. Not needed for a plan that does not fit once one does.
+                    # tokens. Not needed for a plan that does not fit once one does (but for one
+                    # branch always: the 429 test below reads it).
                     harm = 0.0
-                    if weigh and (fits or best is None or not best[0][0]):
+                    if weigh and (fits or branches == 1 or best is None or not best[0][0]):
                         if (name, branches) not in harms:
                             busy_s = prediction.parts_s.get("prefill", 0.0) + prediction.parts_s.get("decode", 0.0)
                             sequences = wave_sizes(branches, request.early_stop_window)[0]
                             harms[name, branches] = self._harm(name, sequences, busy_s, pools, inflight, cache)
                         harm = harms[name, branches]
+                    if branches == 1:
+                        # 429 only when one branch cannot make it under today's load; weighing
+                        # the requests in flight, on the pool where it costs them least (to the
+                        # hundredth), the one the ranking below falls back to when nothing fits
+                        now = self.latency.predict(name, self._admission_load(load), method, 1,
+                                                   request.max_tokens)
+                        single = (round(harm, 2), now.needed_s, name)
+                        if quickest_single is None or single < quickest_single:
+                            quickest_single = single
                     # Rank: fits the budget (the expected longest branch, decoding at the slow
                     # end of the pool's recent speed spread), then expected accuracy as the
                     # deadline leaves it less the harm (log B as a proxy when uncalibrated),
@@ -290,12 +295,14 @@ class Planner:
             for name, load in profiled.items():
                 p = self.latency.predict(name, self._admission_load(load), request.method or "single", 1,
                                          request.max_tokens)
-                if quickest_single is None or p.needed_s < quickest_single[0]:
-                    quickest_single = (p.needed_s, name)
-        if quickest_single[0] > request.budget_s:
-            wait_s = max(1.0, math.ceil(quickest_single[0] - request.budget_s))
+                if quickest_single is None or (0.0, p.needed_s, name) < quickest_single:
+                    quickest_single = (0.0, p.needed_s, name)
+        _, single_s, _ = quickest_single
+        if single_s > request.budget_s:
+            wait_s = max(1.0, math.ceil(single_s - request.budget_s))
+            where = " where it costs the requests in flight least" if weigh else ""
             raise Infeasible(f"latency_budget_s={request.budget_s:g} cannot be met: one branch is "
-                             f"predicted to take {quickest_single[0]:.2f}s now", wait_s, quickest_single[0])
+                             f"predicted to take {single_s:.2f}s now{where}", wait_s, single_s)
         _, name, method, branches, prediction, accuracy, share, harm = best
         load = profiled[name]
         finish = self._finish_probability(load.model_id, prediction, request.budget_s, request.max_tokens)
