@@ -251,12 +251,12 @@ class RouterConfig(_Strict):
         False, description="(Experimental; off: on the CPU testbed it did not bring auto closer to "
                            "the best fixed plan, docs/architecture.md.) "
                            "Count against an auto plan (with a calibration) the expected accuracy "
-                          "it costs the requests already in flight: its branches slow theirs (a "
-                          "fuller batch on their pool, or an idle engine on their device starting "
-                          "to decode), so their deadlines leave them fewer tokens. Among plans that "
-                          "fit the budget the planner ranks by its own expected accuracy less that "
-                          "cost; when none fits, by the cost, then the quickest. Requests still to "
-                          "come are not counted.")
+                           "it costs the requests already in flight: its branches slow theirs (a "
+                           "fuller batch on their pool, or an idle engine on their device starting "
+                           "to decode), so their deadlines leave them fewer tokens. Among plans that "
+                           "fit the budget the planner ranks by its own expected accuracy less that "
+                           "cost; when none fits, by the cost, then the quickest. Requests still to "
+                           "come are not counted.")
     score_reserve_s: float = Field(
         0.3, ge=0, description="Time kept for PRM scoring before the merge margin when the profile "
                                "has no scoring curve.")

@@ -51,6 +51,9 @@ def _run(problems: Sequence[Problem], url: str, concurrency: int, label: str,
     # The latency model's error on this row, as the client saw it: (latency - predicted) / predicted.
     errors = [(r.latency_s - r.plan["predicted_s"]) / r.plan["predicted_s"]
               for r in ok if r.plan and r.plan.get("predicted_s")]
+    # The planner's expected accuracy of each answered plan (auto rows), per problem.
+    expected = [r.plan.get("expected_accuracy") if r.status == 200 and r.plan else None for r in results]
+    known = [e for e in expected if e is not None]
     row = {
         "label": label, **tts,
         "accuracy": sum(r.correct for r in results) / len(results),
@@ -71,8 +74,7 @@ def _run(problems: Sequence[Problem], url: str, concurrency: int, label: str,
         "plans": dict(Counter(f"{r.plan['pool']}:B={r.plan['num_branches']}" for r in ok if r.plan)),
         "prediction_error_median_abs": percentile([abs(e) for e in errors], 50),
         "prediction_error_mean_signed": sum(errors) / len(errors) if errors else None,
-        "expected_accuracy_mean": _mean([r.plan["expected_accuracy"] for r in ok
-                                         if r.plan and r.plan.get("expected_accuracy") is not None]),
+        "expected_accuracy_mean": sum(known) / len(known) if known else None,
         "accuracy_of_answered": sum(r.correct for r in ok) / len(ok) if ok else None,
         "latencies_s": [round(r.latency_s, 4) for r in results],
         "correct": [int(r.correct) for r in results],  # per problem, in dataset order (pairs rows)
@@ -85,9 +87,7 @@ def _run(problems: Sequence[Problem], url: str, concurrency: int, label: str,
                                     and r.plan.get("predicted_s") else None for r in results],
         # the planner's expected accuracy of each plan (auto rows), against what came of it:
         # whether the calibrated accuracy the plans were ranked by holds under this load
-        "expected_accuracy_per_problem": [round(r.plan["expected_accuracy"], 4) if r.status == 200 and r.plan
-                                          and r.plan.get("expected_accuracy") is not None else None
-                                          for r in results],
+        "expected_accuracy_per_problem": [None if e is None else round(e, 4) for e in expected],
         # the keeper's learned state right after the row: what the next row starts from
         "keeper_after": _keeper_snapshot(url),
     }
@@ -95,10 +95,6 @@ def _run(problems: Sequence[Problem], url: str, concurrency: int, label: str,
           f"p99 {row['latency_p99_s']:.2f}s  tokens {row['tokens_per_problem']:.0f}  "
           f"429 {row['rejected_429']}  retried {row['retried']}  partial {row['answered_partial']}  errors {row['errors']}", flush=True)
     return row
-
-
-def _mean(values: Sequence[float]) -> float | None:
-    return sum(values) / len(values) if values else None
 
 
 def _keeper_snapshot(url: str) -> dict[str, Any] | None:

@@ -209,14 +209,9 @@ class BudgetKeeper:
         (live speed, contention and latency correction included)."""
         if self.latency is None:
             return {}
-        speeds = {}
-        for name, load in self.loads.items():
-            if self.latency.knows(name):
-                curve = self.latency.profile.pools[name].curve(load.num_speculative_tokens)
-                concurrency = math.ceil(max(1, load.inflight_branches) / load.replicas)
-                speeds[name] = (live_seconds_per_token(curve, load, concurrency) * load.contention
-                                * load.latency_correction)
-        return speeds
+        return {name: self.latency.seconds_per_token(name, load, math.ceil(max(1, load.inflight_branches)
+                                                                           / load.replicas))
+                for name, load in self.loads.items() if self.latency.knows(name)}
 
     def _advance(self) -> None:
         """Move every tracked request's progress to now at its pool's speed since the last

@@ -148,6 +148,17 @@ class LatencyModel:
                                           if model_id in models else float(max_tokens))
         return self._expected_tokens[key]
 
+    def seconds_per_token(self, pool: str, load: PoolLoad, concurrency: int) -> float:
+        """A branch's predicted seconds per token on ``pool`` among ``concurrency`` sequences
+        per replica: the live curve (``live_seconds_per_token``) x contention x the pool's
+        latency correction.
+
+        Raises:
+            KeyError: the pool is not in the profile.
+        """
+        curve = self.profile.pools[pool].curve(load.num_speculative_tokens)
+        return live_seconds_per_token(curve, load, concurrency) * load.contention * load.latency_correction
+
     def predict(self, pool: str, load: PoolLoad, method: str, branches: int, max_tokens: int,
                 window: int | None = None) -> Prediction:
         """Predicted latency of ``branches`` branches of ``method`` on ``pool``; with
@@ -164,9 +175,8 @@ class LatencyModel:
         prefill_s = decode_s = 0.0
         for size in waves:
             concurrency = math.ceil((load.inflight_branches + size) / max(1, load.replicas))
-            seconds_per_token = (live_seconds_per_token(curve, load, concurrency) * load.contention
-                                 * load.latency_correction)
-            decode_s += self.expected_tokens(load.model_id, size, max_tokens) * seconds_per_token
+            decode_s += (self.expected_tokens(load.model_id, size, max_tokens)
+                         * self.seconds_per_token(pool, load, concurrency))
             prefill_s += curve.prefill_s * load.contention * load.latency_correction
         # tokens_by() reads the deadline in tokens of the plan's longest branch, which the
         # accuracy table cuts all B branches at. In waves that is an approximation: the decode

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from tts_ray.planner.early_stop import wave_sizes
-from tts_ray.planner.latency import SCORED, LatencyModel, PoolLoad, live_seconds_per_token
+from tts_ray.planner.latency import SCORED, LatencyModel, PoolLoad
 
 # Methods the planner may pick by itself: parallel sampling, calibrated per B. Step-level
 # search is run when asked for, but not chosen automatically.
@@ -68,11 +68,10 @@ def slowdown(own_pool: str, pool: str, sequences: int, loads: dict[str, PoolLoad
     if own_pool == pool:
         if not latency.knows(pool):
             return 1.0
-        curve = latency.profile.pools[pool].curve(own.num_speculative_tokens)
         replicas = max(1, own.replicas)
         before = math.ceil(max(1, own.inflight_branches) / replicas)
         after = math.ceil((own.inflight_branches + sequences) / replicas)
-        return live_seconds_per_token(curve, own, after) / live_seconds_per_token(curve, own, before)
+        return latency.seconds_per_token(pool, own, after) / latency.seconds_per_token(pool, own, before)
     if (own.compute_group is not None and pool in loads
             and loads[pool].compute_group == own.compute_group and loads[pool].inflight_branches == 0):
         return (1 + own.group_slowdown * (own.co_busy + 1)) / own.contention
