@@ -156,6 +156,36 @@ def test_a_burst_too_large_for_one_branch_each_still_gets_one_branch_not_429():
         planner.plan(request(1.5, method="majority"), loads)
 
 
+def test_auto_admission_by_fit_turns_away_an_auto_request_no_plan_fits_now():
+    planner, loads = setup(SPEC_NEVER_PAYS)
+    strict = Planner(planner.latency, admit_auto_if_fits=True)
+    for load in loads.values():  # 8 one-branch requests in flight on each pool, as many as lately
+        load.inflight_branches = load.active_requests = 8
+        load.recent_requests = 8.0
+        load.latency_correction = 1.5  # recent requests took half as long again as predicted
+    # One branch on plain, 9 sequences: 10 ms prefill + 100 x 10.24 ms + 50 ms merge = 1.08 s
+    # uncorrected, so the one-branch test admits it; corrected, (0.01 + 1.024) x 1.5 + 0.05 = 1.60 s.
+    lenient = planner.plan(request(1.5, method="majority"), loads)
+    assert lenient.num_branches == 1 and lenient.predicted_s > 1.5  # the quickest plan, expected to be cut
+    with pytest.raises(Infeasible) as info:
+        strict.plan(request(1.5, method="majority"), loads)
+    assert info.value.predicted_s == pytest.approx((0.01 + 100 * 0.0102375) * 1.5 + 0.05)
+    assert info.value.retry_after_s == 1
+    # A fixed request is admitted as before: the rule is for what the planner chooses.
+    assert strict.plan(request(1.5, method="majority", branches=1), loads).num_branches == 1
+    # The slow end of the speed spread turns it away as well: 1.02 s of decoding at 1.5x.
+    for load in loads.values():
+        load.latency_correction, load.speed_spread = 1.0, (0.8, 0.9, 1.0, 1.1, 1.5)
+    with pytest.raises(Infeasible):
+        strict.plan(request(1.5, method="majority"), loads)
+    assert strict.plan(request(1.6, method="majority"), loads).num_branches == 1  # 1.08 + 0.51 s fits
+    # A burst on idle pools is sized as if it came, but admitted on the load now.
+    for load in loads.values():
+        load.inflight_branches = load.active_requests = 0
+        load.speed_spread, load.recent_requests = (1.0,), 63.0
+    assert strict.plan(request(1.5, method="majority"), loads).num_branches == 1
+
+
 def test_learned_speed_bands_never_make_more_branches_look_quicker():
     from tts_ray.planner.latency import live_seconds_per_token
 

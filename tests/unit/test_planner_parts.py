@@ -659,3 +659,18 @@ def test_the_keeper_hands_the_requests_in_flight_to_auto_plans():
     keeper = BudgetKeeper(off, keeper.latency.profile, keeper.latency.calibration, clock=FakeClock())
     keeper.admit("fixed", fixed)
     assert keeper.admit("auto", auto).harm_to_inflight is None
+
+
+def test_auto_admission_by_fit_reaches_the_planner_only_when_configured():
+    prof = ClusterProfile(device="x", pools={"a": PoolProfile(model_id="m", curves=[
+        SpeedCurve(num_speculative_tokens=0, concurrency=[1, 64], seconds_per_token=[0.01, 0.64],
+                   prefill_s=0.0)])})
+    for setting, strict in (("fitting_plan", True), ("one_branch", False)):
+        config = AppConfig.model_validate({"generators": [{"name": "a", "model_id": "m", "model_source": "x"}],
+                                           "router": {"auto_admission": setting}})
+        assert BudgetKeeper(config, prof, None).planner.admit_auto_if_fits is strict
+    default = AppConfig.model_validate({"generators": [{"name": "a", "model_id": "m", "model_source": "x"}]})
+    assert default.router.auto_admission == "one_branch"
+    with pytest.raises(ValueError):
+        AppConfig.model_validate({"generators": [{"name": "a", "model_id": "m", "model_source": "x"}],
+                                  "router": {"auto_admission": "always"}})

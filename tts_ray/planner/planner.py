@@ -138,10 +138,18 @@ class Planner:
     plan's value is its expected accuracy less what it costs them (``_harm``): its branches
     make theirs decode slower while they overlap, so their deadlines leave them fewer tokens.
     When no plan fits, the one that costs them least is taken, then the quickest.
+
+    Admission (``Infeasible``, a 429): when one branch is predicted to miss the budget at the
+    load in flight now, on every pool, without the latency correction. With
+    ``admit_auto_if_fits``, an auto request is also turned away when no plan fits at the load
+    now as plans are fitted (one branch, the correction included, at the slow end of the speed
+    spread): otherwise it runs the quickest plan, which the deadline is expected to cut.
     """
 
-    def __init__(self, latency: LatencyModel | None, weigh_inflight: bool = False) -> None:
+    def __init__(self, latency: LatencyModel | None, weigh_inflight: bool = False,
+                 admit_auto_if_fits: bool = False) -> None:
         self.latency, self.weigh_inflight = latency, weigh_inflight
+        self.admit_auto_if_fits = admit_auto_if_fits
 
     def _accuracy(self, model_id: str, method: str, branches: int, tokens: float, max_tokens: int) -> float | None:
         """Calibrated accuracy of ``method`` at ``branches`` when the deadline leaves each branch
@@ -202,7 +210,9 @@ class Planner:
 
         Raises:
             ValueError: no pool serves the requested model (with the requested k).
-            Infeasible: the budget cannot be met even with one branch on any pool.
+            Infeasible: the budget cannot be met even with one branch on any pool; with
+                ``admit_auto_if_fits``, for an auto request, also when no plan fits at the
+                load now.
         """
         candidates = {name: load for name, load in pools.items()
                       if (request.model_id is None or load.model_id == request.model_id)
@@ -224,6 +234,10 @@ class Planner:
 
         best: tuple | None = None
         quickest_single: tuple[float, float, str] | None = None  # (harm to the hundredth, s, pool)
+        # auto admission by fit: the least time one branch needs at the load now, as plans are
+        # fitted (correction included, decoding at the slow end of the speed spread)
+        least_fitted_s = math.inf
+        check_fit_now = self.admit_auto_if_fits and auto
         considered = 0
         harms: dict[tuple[str, int], float] = {}  # per (pool, B): the same for every method
         cache: dict = {}
@@ -275,6 +289,13 @@ class Planner:
                         single = (round(harm, 2), now.needed_s, name)
                         if quickest_single is None or single < quickest_single:
                             quickest_single = single
+                        if check_fit_now:
+                            # the burst-sized load the plans were sized on need not come: a
+                            # request is turned away for the load in flight now only
+                            fitted = prediction if planning_load is load else self.latency.predict(
+                                name, load, method, 1, request.max_tokens, window=request.early_stop_window)
+                            least_fitted_s = min(least_fitted_s, fitted.needed_s + (slow - 1)
+                                                 * fitted.parts_s.get("decode", 0.0))
                     # Rank: fits the budget (the expected longest branch, decoding at the slow
                     # end of the pool's recent speed spread), then expected accuracy as the
                     # deadline leaves it less the harm (log B as a proxy when uncalibrated),
@@ -302,6 +323,11 @@ class Planner:
             where = " where it costs the requests in flight least" if weigh else ""
             raise Infeasible(f"latency_budget_s={request.budget_s:g} cannot be met: one branch is "
                              f"predicted to take {single_s:.2f}s now{where}", wait_s, single_s)
+        if check_fit_now and least_fitted_s > request.budget_s:
+            wait_s = max(1.0, math.ceil(least_fitted_s - request.budget_s))
+            raise Infeasible(f"latency_budget_s={request.budget_s:g} cannot be met: no plan fits at the "
+                             f"load now (one branch needs {least_fitted_s:.2f}s at the slow end of the "
+                             f"recent speeds)", wait_s, least_fitted_s)
         _, name, method, branches, prediction, accuracy, share, harm = best
         load = profiled[name]
         finish = self._finish_probability(load.model_id, prediction, request.budget_s, request.max_tokens)
