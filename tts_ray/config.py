@@ -258,7 +258,7 @@ class RouterConfig(_Strict):
                            "cost; when none fits, by the cost, then the quickest. Requests still to "
                            "come are not counted.")
     auto_admission: Literal["one_branch", "fitting_plan"] = Field(
-        "one_branch", description="When an auto request (tts.branches or tts.method \"auto\") is "
+        "fitting_plan", description="When an auto request (tts.branches or tts.method \"auto\") is "
                                   "answered 429 with Retry-After. \"one_branch\": as a fixed "
                                   "request, only when one branch is predicted to miss the budget at "
                                   "the load in flight now (without the latency correction); when no "
@@ -266,7 +266,9 @@ class RouterConfig(_Strict):
                                   "fits at the load now as the planner fits plans (one branch, with "
                                   "the latency correction, decoding at the slow end of the speed "
                                   "spread): the client comes back when the load has passed, rather "
-                                  "than run where the deadline is expected to cut it.")
+                                  "than run where the deadline is expected to cut it (on the CPU "
+                                  "testbed at its tightest budget, 4 points more accurate than "
+                                  "\"one_branch\", docs/architecture.md).")
     score_reserve_s: float = Field(
         0.3, ge=0, description="Time kept for PRM scoring before the merge margin when the profile "
                                "has no scoring curve.")
