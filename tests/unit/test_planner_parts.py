@@ -523,24 +523,21 @@ def test_the_keeper_corrects_predictions_by_the_median_of_actual_over_predicted(
         keeper.release(f"c{i}", needed_margin_s=0.05)
     assert keeper.admit("q", plan_request).latency_correction == 2.0
     keeper.release("q", needed_margin_s=0.05)
-    # It sizes plans but does not decide admission on an idle pool: one branch (1 s of work
-    # uncorrected, 2 s corrected) is still admitted under a 1.5 s budget, or no request would
-    # ever be admitted to show the correction wrong.
-    tight_auto = PlanRequest(budget_s=1.5, max_tokens=100, method="majority", branches=None)
-    tight = keeper.admit("t", tight_auto)
+    # It does not decide a fixed request's admission: one branch (1 s of work uncorrected, 2 s
+    # corrected) is still admitted under a 1.5 s budget, and its outcome refreshes the
+    # correction. An auto request (auto_admission "fitting_plan", the default) is turned
+    # away: no plan fits at the load now as plans are fitted.
+    tight = keeper.admit("t", PlanRequest(budget_s=1.5, max_tokens=100, method="majority", branches=1))
     assert tight.num_branches == 1 and tight.predicted_s == pytest.approx(2.0 + merge)
-    # With that request in flight the pool is not idle: by default (auto_admission
-    # "fitting_plan") the next auto request, which no plan fits at the load now, is turned
-    # away; a fixed one is admitted on the uncorrected prediction.
-    with pytest.raises(Infeasible):
+    keeper.release("t", needed_margin_s=0.05)
+    tight_auto = PlanRequest(budget_s=1.5, max_tokens=100, method="majority", branches=None)
+    with pytest.raises(Infeasible) as info:
         keeper.admit("t2", tight_auto)
-    assert keeper.admit("t3", PlanRequest(budget_s=2.5, max_tokens=100, method="majority",
-                                          branches=1)).num_branches == 1
-    for name in ("t", "t3"):
-        keeper.release(name, needed_margin_s=0.05)
+    assert info.value.predicted_s == pytest.approx(2.0 + merge)
     # Corrections expire with their requests: a minute later the profile stands alone again.
     clock.now += 61
     assert keeper.admit("s", plan_request).latency_correction == 1.0
+    assert keeper.admit("s2", tight_auto).num_branches == 1  # and auto requests are admitted again
 
 
 def test_the_latency_correction_can_be_turned_off():

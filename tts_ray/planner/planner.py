@@ -142,9 +142,8 @@ class Planner:
     Admission (``Infeasible``, a 429): when one branch is predicted to miss the budget at the
     load in flight now, on every pool, without the latency correction. With
     ``admit_auto_if_fits``, an auto request is also turned away when no plan fits at the load
-    now as plans are fitted (one branch, at the slow end of the speed spread, the correction
-    included but on an idle pool): otherwise it runs the quickest plan, which the deadline is
-    expected to cut.
+    now as plans are fitted (one branch, the correction included, at the slow end of the speed
+    spread): otherwise it runs the quickest plan, which the deadline is expected to cut.
     """
 
     def __init__(self, latency: LatencyModel | None, weigh_inflight: bool = False,
@@ -292,14 +291,12 @@ class Planner:
                             quickest_single = single
                         if check_fit_now:
                             # The burst-sized load the plans were sized on need not come: a
-                            # request is turned away for the load in flight now only. An idle
-                            # pool is judged without the latency correction: the correction is
-                            # learned from admitted requests alone, and one pushed to its cap
-                            # by cut requests would otherwise turn every auto request away
-                            # until it expired, with none admitted to show it wrong.
-                            fit_load = load if load.inflight_branches else self._admission_load(load)
-                            fitted = prediction if planning_load is fit_load else self.latency.predict(
-                                name, fit_load, method, 1, request.max_tokens, window=request.early_stop_window)
+                            # request is turned away for the load in flight now only. With the
+                            # correction, even on an idle pool: judged without it there (run
+                            # ab), an idle pool whose correction said it would be cut let every
+                            # request through, and the rule no longer fired.
+                            fitted = prediction if planning_load is load else self.latency.predict(
+                                name, load, method, 1, request.max_tokens, window=request.early_stop_window)
                             least_fitted_s = min(least_fitted_s, fitted.needed_s + (slow - 1)
                                                  * fitted.parts_s.get("decode", 0.0))
                     # Rank: fits the budget (the expected longest branch, decoding at the slow
