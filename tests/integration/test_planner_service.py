@@ -57,9 +57,10 @@ def test_auto_plan_fits_the_budget_and_says_what_it_chose(service_url):
 
 
 def test_a_tight_deadline_stops_the_branches_and_merges_in_time(service_url):
-    budget_s = 3.0
+    budget_s = 0.8
     started = time.perf_counter()
-    # 64 long branches on one CPU replica cannot finish in 3 s; one branch could.
+    # 64 branches on one CPU replica cannot finish in 0.8 s (about 1.4 s on the faster of
+    # the testbed's machines; 3 s did not cut them there); one branch could (about 0.2 s).
     status, out = _ask(service_url, HARD, max_tokens=700, method="majority", branches=64,
                        latency_budget_s=budget_s, num_speculative_tokens=0)
     elapsed = time.perf_counter() - started
