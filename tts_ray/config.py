@@ -269,6 +269,15 @@ class RouterConfig(_Strict):
                                   "than run where the deadline is expected to cut it (on the CPU "
                                   "testbed at its tightest budget, 4 points more accurate than "
                                   "\"one_branch\", docs/architecture.md).")
+    auto_ranking: Literal["fit_first", "expected_accuracy"] = Field(
+        "fit_first", description="How an auto plan is chosen among (pool, method, B). "
+                               "\"fit_first\": the plans whose expected longest branch fits the "
+                               "budget (decoding at the slow end of the speed spread) first, then "
+                               "the most accurate of them; when none fits, the quickest. "
+                               "\"expected_accuracy\": the plan of highest expected accuracy as "
+                               "the deadline leaves it (the calibration's accuracy when the "
+                               "branches the deadline cuts do not vote), fitting or not; fitting "
+                               "breaks ties. Needs a calibration; without one, fit_first.")
     score_reserve_s: float = Field(
         0.3, ge=0, description="Time kept for PRM scoring before the merge margin when the profile "
                                "has no scoring curve.")

@@ -282,6 +282,44 @@ def test_extra_branches_buy_no_insurance_when_lengths_are_set_by_the_problem():
     assert measured.expected_accuracy == pytest.approx(0.25 + 0.25 * (144 - 40) / (160 - 40))
 
 
+def test_ranking_by_expected_accuracy_runs_plans_the_deadline_is_expected_to_cut():
+    from tts_ray.planner.calibration import TokenLimitedAccuracy
+
+    # Half the problems take 50 tokens a branch, half 150. A deadline between the two loses the
+    # long problems whatever B is, and the short ones still gain from voting.
+    majority = [0.4 + 0.35 * (1 - 0.8 ** b) for b in range(1, 17)]
+    table = TokenLimitedAccuracy(tokens=[50, 150, 200], accuracy={"majority": [[a / 2, a, a] for a in majority]})
+    model = ModelCalibration(accuracy={"majority": majority, "single": [0.4]}, lengths=[50] * 50 + [150] * 50,
+                             max_tokens=200, accuracy_by_tokens=table)
+    calibration = Calibration(dataset="s", problems=2, samples_per_problem=16, temperature=0.7, models={"m": model})
+    profile = ClusterProfile(device="synthetic", pools={
+        "plain": PoolProfile(model_id="m", num_speculative_tokens=0, curves=[curve(0, FLAT_THEN_STEEP)])})
+    latency = LatencyModel(profile, calibration, merge_margin_s=0.05)
+    loads = {"plain": PoolLoad("m", 0, replicas=1, slots_per_replica=64)}
+    ask = request(1.3, method="majority")
+    # Fit first: one branch (10 ms prefill + 100 tokens expected x 10 ms + 50 ms merge = 1.06 s)
+    # is the only plan whose expected longest branch fits 1.3 s; 2 branches expect 125 tokens.
+    fit_first = Planner(latency).plan(ask, loads)
+    assert fit_first.num_branches == 1 and fit_first.predicted_s <= 1.3
+    # By accuracy: 1.24 s leaves a branch 118 tokens at 16 sequences (10.5 ms), enough for the
+    # short problems, which 16 branches vote on; past the knee at 16 the branches would decode
+    # so much slower that the table gives less (20 branches: 12.5 ms, 99 tokens).
+    ranked = Planner(latency, rank_by_accuracy=True).plan(ask, loads)
+    assert ranked.num_branches == 16 and ranked.predicted_s > 1.3
+    assert ranked.expected_accuracy == pytest.approx(majority[15] * (0.5 + 0.5 * (1.24 / 0.0105 - 50) / 100))
+    assert ranked.expected_accuracy > fit_first.expected_accuracy + 0.2
+    # A fixed B is kept: the ranking is for what the planner chooses.
+    assert Planner(latency, rank_by_accuracy=True).plan(request(1.3, method="majority", branches=2),
+                                                        loads).num_branches == 2
+    # Uncalibrated, there is no expected accuracy to rank by: the fit comes first as before
+    # (every branch expected at max_tokens, 200: 17 branches fit 2.3 s, 2.28 s, as without it).
+    uncalibrated = LatencyModel(profile, None, merge_margin_s=0.05)
+    plain = Planner(uncalibrated).plan(request(2.3, method="majority"), loads)
+    assert plain.num_branches == 17
+    assert Planner(uncalibrated, rank_by_accuracy=True).plan(request(2.3, method="majority"),
+                                                             loads).num_branches == 17
+
+
 def test_auto_method_uses_the_calibration_and_scored_methods_only_with_a_reward_model():
     accuracy = {"majority": [0.4, 0.5, 0.55, 0.6], "weighted_majority": [0.4, 0.6, 0.7, 0.8],
                 "best_of_n": [0.4, 0.55, 0.6, 0.65], "single": [0.4]}

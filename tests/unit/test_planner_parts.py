@@ -682,3 +682,16 @@ def test_auto_admission_by_fit_reaches_the_planner_only_when_configured():
     with pytest.raises(ValueError):
         AppConfig.model_validate({"generators": [{"name": "a", "model_id": "m", "model_source": "x"}],
                                   "router": {"auto_admission": "always"}})
+
+
+def test_auto_ranking_reaches_the_planner_only_when_configured():
+    prof = ClusterProfile(device="x", pools={"a": PoolProfile(model_id="m", curves=[
+        SpeedCurve(num_speculative_tokens=0, concurrency=[1, 64], seconds_per_token=[0.01, 0.64],
+                   prefill_s=0.0)])})
+    generators = [{"name": "a", "model_id": "m", "model_source": "x"}]
+    for setting, by_accuracy in (("expected_accuracy", True), ("fit_first", False)):
+        config = AppConfig.model_validate({"generators": generators, "router": {"auto_ranking": setting}})
+        assert BudgetKeeper(config, prof, None).planner.rank_by_accuracy is by_accuracy
+    assert AppConfig.model_validate({"generators": generators}).router.auto_ranking == "fit_first"
+    with pytest.raises(ValueError):
+        AppConfig.model_validate({"generators": generators, "router": {"auto_ranking": "accuracy"}})

@@ -107,7 +107,8 @@ class BudgetKeeper:
                         if profile is not None else None)
         self.weigh_inflight = config.router.plan_for_inflight
         self.planner = Planner(self.latency, weigh_inflight=self.weigh_inflight,
-                               admit_auto_if_fits=config.router.auto_admission == "fitting_plan")
+                               admit_auto_if_fits=config.router.auto_admission == "fitting_plan",
+                               rank_by_accuracy=config.router.auto_ranking == "expected_accuracy")
         self.loads: dict[str, PoolLoad] = {}
         for pool in config.generators:
             replicas = pool.autoscaling.min_replicas if pool.autoscaling else pool.num_replicas

@@ -147,9 +147,9 @@ class Planner:
     """
 
     def __init__(self, latency: LatencyModel | None, weigh_inflight: bool = False,
-                 admit_auto_if_fits: bool = False) -> None:
+                 admit_auto_if_fits: bool = False, rank_by_accuracy: bool = False) -> None:
         self.latency, self.weigh_inflight = latency, weigh_inflight
-        self.admit_auto_if_fits = admit_auto_if_fits
+        self.admit_auto_if_fits, self.rank_by_accuracy = admit_auto_if_fits, rank_by_accuracy
 
     def _accuracy(self, model_id: str, method: str, branches: int, tokens: float, max_tokens: int) -> float | None:
         """Calibrated accuracy of ``method`` at ``branches`` when the deadline leaves each branch
@@ -233,11 +233,13 @@ class Planner:
                         expected_accuracy=None, auto=auto)
 
         best: tuple | None = None
+        best_fits = False
         quickest_single: tuple[float, float, str] | None = None  # (harm to the hundredth, s, pool)
         # auto admission by fit: the least time one branch needs at the load now, as plans are
         # fitted (correction included, decoding at the slow end of the speed spread)
         least_fitted_s = math.inf
         check_fit_now = self.admit_auto_if_fits and auto
+        rank_by_accuracy = self.rank_by_accuracy and auto
         considered = 0
         harms: dict[tuple[str, int], float] = {}  # per (pool, B): the same for every method
         cache: dict = {}
@@ -274,7 +276,7 @@ class Planner:
                     # tokens. Not needed for a plan that does not fit once one does (but for one
                     # branch always: the 429 test below reads it).
                     harm = 0.0
-                    if weigh and (fits or branches == 1 or best is None or not best[0][0]):
+                    if weigh and (fits or branches == 1 or best is None or not best_fits or rank_by_accuracy):
                         if (name, branches) not in harms:
                             busy_s = prediction.parts_s.get("prefill", 0.0) + prediction.parts_s.get("decode", 0.0)
                             sequences = wave_sizes(branches, request.early_stop_window)[0]
@@ -306,13 +308,21 @@ class Planner:
                     # hundredth), then the quickest plan. Not by accuracy there: at the
                     # deadline's edge the table favours many branches, and under overload the
                     # requests in flight are already lost, so their harm cannot hold B back.
-                    if fits:
-                        value = accuracy - harm if accuracy is not None else math.log(branches) / 100
+                    # Ranking by accuracy (``rank_by_accuracy``): the expected accuracy as the
+                    # deadline leaves it already counts the branches it cuts, at a load where
+                    # the requests arriving take as many branches, so it ranks every calibrated
+                    # plan, fitting or not; the fit test then breaks ties.
+                    if rank_by_accuracy and accuracy is not None:
+                        key = (1, accuracy - harm, fits, -prediction.needed_s)
                     else:
-                        value = -round(harm, 2)
-                    key = (fits, value, -prediction.needed_s)
+                        if fits:
+                            value = accuracy - harm if accuracy is not None else math.log(branches) / 100
+                        else:
+                            value = -round(harm, 2)
+                        key = (0, fits, value, -prediction.needed_s)
                     if best is None or key > best[0]:
                         best = (key, name, method, branches, prediction, accuracy, share, harm)
+                        best_fits = fits
         if quickest_single is None:
             # Fixed B > 1 was asked for: check that one branch could still make it.
             for name, load in profiled.items():
