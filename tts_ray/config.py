@@ -276,8 +276,11 @@ class RouterConfig(_Strict):
                                "the most accurate of them; when none fits, the quickest. "
                                "\"expected_accuracy\": the plan of highest expected accuracy as "
                                "the deadline leaves it (the calibration's accuracy when the "
-                               "branches the deadline cuts do not vote), fitting or not; fitting "
-                               "breaks ties. Needs a calibration; without one, fit_first.")
+                               "branches the deadline cuts do not vote) among those whose typical "
+                               "branch (the expected length of one) fits at the slow end, so "
+                               "plans the deadline is expected to cut in part are ranked too; "
+                               "fitting breaks ties; when none qualifies, as fit_first. Needs a "
+                               "calibration; without one, fit_first.")
     score_reserve_s: float = Field(
         0.3, ge=0, description="Time kept for PRM scoring before the merge margin when the profile "
                                "has no scoring curve.")

@@ -303,11 +303,17 @@ def test_ranking_by_expected_accuracy_runs_plans_the_deadline_is_expected_to_cut
     assert fit_first.num_branches == 1 and fit_first.predicted_s <= 1.3
     # By accuracy: 1.24 s leaves a branch 118 tokens at 16 sequences (10.5 ms), enough for the
     # short problems, which 16 branches vote on; past the knee at 16 the branches would decode
-    # so much slower that the table gives less (20 branches: 12.5 ms, 99 tokens).
+    # so much slower that the table gives less (20 branches: 12.5 ms, 99 tokens). A typical
+    # branch (100 tokens, 1.05 s + 60 ms) still finishes.
     ranked = Planner(latency, rank_by_accuracy=True).plan(ask, loads)
     assert ranked.num_branches == 16 and ranked.predicted_s > 1.3
     assert ranked.expected_accuracy == pytest.approx(majority[15] * (0.5 + 0.5 * (1.24 / 0.0105 - 50) / 100))
     assert ranked.expected_accuracy > fit_first.expected_accuracy + 0.2
+    # Guarded by the typical branch: at 1.08 s one branch of the expected 100 tokens must still
+    # finish. 8 sequences decode at 10.2 ms (1.02 s + 60 ms), 9 at 10.24 ms: 8 branches at most,
+    # though the table would still give 16 more (as at 1.3 s).
+    guarded = Planner(latency, rank_by_accuracy=True).plan(request(1.08, method="majority"), loads)
+    assert guarded.num_branches == 8 and guarded.seconds_per_token == pytest.approx(0.0102)
     # A fixed B is kept: the ranking is for what the planner chooses.
     assert Planner(latency, rank_by_accuracy=True).plan(request(1.3, method="majority", branches=2),
                                                         loads).num_branches == 2
