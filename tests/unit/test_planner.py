@@ -307,6 +307,7 @@ def test_ranking_by_expected_accuracy_runs_plans_the_deadline_is_expected_to_cut
     # branch (100 tokens, 1.05 s + 60 ms) still finishes.
     ranked = Planner(latency, rank_by_accuracy=True).plan(ask, loads)
     assert ranked.num_branches == 16 and ranked.predicted_s > 1.3
+    assert ranked.expected_cut and not fit_first.expected_cut
     assert ranked.expected_accuracy == pytest.approx(majority[15] * (0.5 + 0.5 * (1.24 / 0.0105 - 50) / 100))
     assert ranked.expected_accuracy > fit_first.expected_accuracy + 0.2
     # Guarded by the typical branch: at 1.08 s one branch of the expected 100 tokens must still

@@ -695,3 +695,44 @@ def test_auto_ranking_reaches_the_planner_only_when_configured():
     assert AppConfig.model_validate({"generators": generators}).router.auto_ranking == "fit_first"
     with pytest.raises(ValueError):
         AppConfig.model_validate({"generators": generators, "router": {"auto_ranking": "accuracy"}})
+
+
+def test_plans_chosen_knowing_the_deadline_cuts_them_teach_the_correction_nothing():
+    prof = ClusterProfile(device="x", pools={"a": PoolProfile(model_id="m", curves=[
+        SpeedCurve(num_speculative_tokens=0, concurrency=[1, 64], seconds_per_token=[0.01, 0.01],
+                   prefill_s=0.0)])})
+    # half the branches take 50 tokens, half 150; every vote gains
+    calibration = Calibration(dataset="s", problems=1, samples_per_problem=8, temperature=0.7, models={
+        "m": ModelCalibration(accuracy={"majority": [0.4 + 0.05 * b for b in range(8)], "single": [0.4]},
+                              lengths=[50] * 50 + [150] * 50, max_tokens=200)})
+
+    def keeper_ranking(setting):
+        clock = FakeClock()
+        config = AppConfig.model_validate({
+            "generators": [{"name": "a", "model_id": "m", "model_source": "x", "max_ongoing_requests": 8}],
+            "router": {"auto_ranking": setting, "adaptive_merge_margin": False}})
+        keeper = BudgetKeeper(config, prof, calibration, clock=clock)
+        # recent branches ran at 1 to 1.5x the predicted seconds per token: the slow end is 1.5
+        keeper.speed_residuals["a"] = [(clock.now, 1.0)] * 20 + [(clock.now, 1.5)] * 10
+        return keeper
+
+    # 1.65 s: one branch of the typical 100 tokens fits at the slow end (1.5 s + the 0.1 s merge
+    # margin); two or more branches fit at the predicted speed (8: 150 tokens, 1.6 s) but not at
+    # the slow end, so the accuracy ranking runs them knowing the deadline may cut them
+    auto = PlanRequest(budget_s=1.65, max_tokens=200, method="majority", branches=None)
+    fit_first, by_accuracy = keeper_ranking("fit_first"), keeper_ranking("expected_accuracy")
+    for i in range(10):
+        first = fit_first.admit(f"f{i}", auto)
+        assert first.num_branches == 1 and not first.expected_cut
+        fit_first.release(f"f{i}", needed_margin_s=0.05)  # the long problems are cut
+        ranked = by_accuracy.admit(f"r{i}", auto)
+        assert ranked.num_branches > 1 and ranked.expected_cut and ranked.predicted_s <= 1.65
+        by_accuracy.release(f"r{i}", needed_margin_s=0.05)
+    # Fit first, the cuts of a plan expected to fit count as over: the correction goes to its
+    # cap and the next auto request is turned away (auto_admission "fitting_plan"). By accuracy
+    # nothing is learned, and the next one is planned as before.
+    assert [r for _, r in fit_first.work_ratios["a"]] == [math.inf] * 10
+    with pytest.raises(Infeasible):
+        fit_first.admit("next", auto)
+    assert by_accuracy.work_ratios["a"] == []
+    assert by_accuracy.admit("next", auto).latency_correction == 1.0

@@ -184,7 +184,10 @@ class BudgetKeeper:
         # Learned only where the prediction is of time, not of a worst case: without a
         # calibration a branch is predicted at max_tokens, and an early-stopping request as if
         # no wave were saved, so their ratios would say how short the answers were.
-        learns = (plan.predicted_s is not None and self.latency is not None
+        # Nor from a plan chosen in the knowledge that the deadline would cut the longer
+        # problems (``expected_cut``): its cuts would push the correction up for plans that do
+        # fit (and turn auto requests away), and the ones it finishes are the short problems.
+        learns = (plan.predicted_s is not None and self.latency is not None and not plan.expected_cut
                   and request.early_stop_window is None and self.latency.calibration is not None
                   and load.model_id in self.latency.calibration.models)
         work_s = ((parts.get("prefill", 0.0) + parts.get("decode", 0.0)) / load.latency_correction

@@ -114,6 +114,9 @@ class Plan:
     deadline_tokens: float | None = None
     # expected accuracy the plan costs the requests in flight (they decode slower beside it)
     harm_to_inflight: float | None = None
+    # ranked by expected accuracy (auto_ranking "expected_accuracy") though its expected
+    # longest branch does not fit: the deadline is expected to cut the longer problems
+    expected_cut: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -367,7 +370,8 @@ class Planner:
                     latency_correction=round(load.latency_correction, 4),
                     seconds_per_token=now.seconds_per_token,
                     deadline_tokens=deadline_tokens if math.isfinite(deadline_tokens) else None,
-                    harm_to_inflight=round(harm, 4) if weigh else None)
+                    harm_to_inflight=round(harm, 4) if weigh else None,
+                    expected_cut=not best_fits and best[0][0] == 1)
 
     @staticmethod
     def _admission_load(load: PoolLoad) -> PoolLoad:
