@@ -279,8 +279,12 @@ class RouterConfig(_Strict):
                                "branches the deadline cuts do not vote) among those whose typical "
                                "branch (the expected length of one) fits at the slow end, so "
                                "plans the deadline is expected to cut in part are ranked too; "
-                               "fitting breaks ties; when none qualifies, as fit_first. Needs a "
-                               "calibration; without one, fit_first.")
+                               "fitting breaks ties; when none qualifies, as fit_first. Such "
+                               "plans do not feed the latency correction. Needs a calibration; "
+                               "without one, fit_first. (On the CPU testbed its plans scored as "
+                               "well as the best fixed (B, k) on the problems it answered, but "
+                               "it turned more requests away and was not closer overall, "
+                               "docs/architecture.md; hence not the default.)")
     score_reserve_s: float = Field(
         0.3, ge=0, description="Time kept for PRM scoring before the merge margin when the profile "
                                "has no scoring curve.")

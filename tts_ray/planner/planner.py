@@ -142,6 +142,11 @@ class Planner:
     make theirs decode slower while they overlap, so their deadlines leave them fewer tokens.
     When no plan fits, the one that costs them least is taken, then the quickest.
 
+    Ranking by accuracy (``rank_by_accuracy``, for calibrated auto plans): every plan whose
+    typical branch (the expected length of one, not the longest of B) fits at the slow end is
+    ranked by its expected accuracy, fitting or not, fitting breaking ties; a chosen plan that
+    does not fit is ``expected_cut`` (the keeper does not learn its correction from it).
+
     Admission (``Infeasible``, a 429): when one branch is predicted to miss the budget at the
     load in flight now, on every pool, without the latency correction. With
     ``admit_auto_if_fits``, an auto request is also turned away when no plan fits at the load
