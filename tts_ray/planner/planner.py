@@ -321,14 +321,15 @@ class Planner:
                     # calibrated plan whose typical branch (the expected length of one, not the
                     # longest of B) would finish at the slow end of the spread; the fit test
                     # then breaks ties. Without that guard (run ad) the table's promise for
-                    # many branches at a high load did not hold: auto ran 4 to 8 branches a
-                    # request, most were cut or turned away, and it fell 11 points behind.
+                    # many branches at a high load did not hold: auto decoded about 430 tokens
+                    # a problem at 1 s (7 branches' worth), turned 121 of 500 requests away
+                    # and fell 11 points behind.
                     typical_fits = False
                     if rank_by_accuracy and accuracy is not None:
-                        decode_s = prediction.parts_s.get("decode", 0.0)
-                        typical_s = decode_s * self.latency.expected_tokens(
-                            load.model_id, 1, request.max_tokens) / max(prediction.expected_tokens, 1e-9)
-                        typical_fits = prediction.needed_s - decode_s + slow * typical_s <= request.budget_s
+                        typical_s = prediction.seconds_per_token * self.latency.expected_tokens(
+                            load.model_id, 1, request.max_tokens)
+                        typical_fits = (prediction.needed_s - prediction.parts_s.get("decode", 0.0)
+                                        + slow * typical_s <= request.budget_s)
                     if typical_fits:
                         key = (1, accuracy - harm, fits, -prediction.needed_s)
                     else:
