@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
@@ -127,7 +128,8 @@ def _cmd_bench_planner(args: argparse.Namespace) -> int:
         run_planner_bench(url, args.out, limit=args.limit, budgets_s=args.budgets, branches=args.branches,
                           draft_lengths=args.draft_lengths, concurrency=args.concurrency,
                           early_stop_limit=args.early_stop_limit, max_attempts=args.max_attempts,
-                          seed=None if args.no_seed else args.seed, command=args.command_line)
+                          seed=None if args.no_seed else args.seed, repeats=args.repeats,
+                          command=args.command_line)
 
     if args.url:
         run(args.url)
@@ -142,6 +144,17 @@ def _cmd_bench_planner(args: argparse.Namespace) -> int:
     finally:
         serve.shutdown()
     return 0
+
+
+def _bounded(parse: Callable[[str], int], most: int) -> Callable[[str], int]:
+    """``parse`` (an argparse type) that also refuses values above ``most``."""
+    def parse_bounded(text: str) -> int:
+        value = parse(text)
+        if value > most:
+            raise argparse.ArgumentTypeError(f"expected at most {most}, got {value}")
+        return value
+
+    return parse_bounded
 
 
 def _float_list(text: str) -> list[float]:
@@ -169,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None, help="override http_options.port")
     p.set_defaults(func=_cmd_serve)
 
+    from tts_ray.constants import MAX_BENCH_REPEATS
     from tts_ray.eval.cli import positive_int, seed_arg
     from tts_ray.planner.profiler import DEFAULT_CONCURRENCY, DEFAULT_DRAFT_LENGTHS
 
@@ -221,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attempts per problem: a 429 is retried after its Retry-After, up to this many "
                         "in all, as a well-behaved client does (1: a 429 is final and the client moves "
                         "on to its next problem at once)")
+    p.add_argument("--repeats", type=_bounded(positive_int, MAX_BENCH_REPEATS), default=1,
+                   help="runs of the whole budget sweep, each with its own seeds: accuracies are means "
+                        "over them, and with 2 or more the gap is also measured against the fixed (B, k) "
+                        f"chosen on the other repeats (at most {MAX_BENCH_REPEATS})")
     seeding = p.add_mutually_exclusive_group()
     seeding.add_argument("--seed", type=seed_arg, default=0,
                          help="base sampling seed: every row sends a problem the same seed, so rows on "

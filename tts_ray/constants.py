@@ -71,3 +71,8 @@ DEFAULT_MAX_TOKENS = 160
 # 2**20 branches, and a problem's seed does not depend on which other problems are in the run.
 EVAL_SEED_STRIDE = 2**20
 MAX_EVAL_SEED = 2**62  # base seeds below this keep every problem's branch seeds below 2**63
+# The planner benchmark's repeat r sends base seed S + r x BENCH_REPEAT_SEED_STRIDE: each repeat
+# samples afresh, and a problem's branch seeds in two repeats never meet below 2**16 branches;
+# at most MAX_BENCH_REPEATS of them stay inside one problem's stride (2**20).
+BENCH_REPEAT_SEED_STRIDE = 2**16
+MAX_BENCH_REPEATS = EVAL_SEED_STRIDE // BENCH_REPEAT_SEED_STRIDE

@@ -474,6 +474,51 @@ def test_the_paired_gap_interval_counts_only_problems_the_rows_answer_differentl
         _paired_difference_ci95_points(best, {"correct": [1] * 99})
 
 
+def _bench_row(branches, k, right: int, problems: int = 100) -> dict:
+    """A benchmark row of ``problems`` answered in order, the first ``right`` correctly."""
+    return {"branches": branches, "num_speculative_tokens": k, "accuracy": right / problems,
+            "requests": problems, "correct": [1] * right + [0] * (problems - right)}
+
+
+def test_the_held_out_gap_picks_the_fixed_row_on_the_other_repeats():
+    from tts_ray.planner.bench import summarize_budget
+
+    # Row (4, 4) is best on the means only through its lucky first repeat; auto scores 48 twice.
+    repeats = [{"fixed": [_bench_row(4, 4, 60), _bench_row(1, 4, 45)], "auto": _bench_row("auto", "auto", 48)},
+               {"fixed": [_bench_row(4, 4, 40), _bench_row(1, 4, 50)], "auto": _bench_row("auto", "auto", 48)}]
+    summary = summarize_budget(1.0, repeats)
+    assert summary["best_fixed"] == {"branches": 4, "num_speculative_tokens": 4, "accuracy": 0.5}
+    assert summary["gap_points"] == pytest.approx(2.0)  # 50 against 48 on the means
+    assert summary["accuracy_by_repeat"] == {"B=4 k=4": [0.6, 0.4], "B=1 k=4": [0.45, 0.5], "auto": [0.48, 0.48]}
+    # repeat 1 is judged against (1, 4), best on repeat 2 (45 - 48); repeat 2 against (4, 4),
+    # best on repeat 1 (40 - 48): held out, auto is 5.5 points ahead, not 2 behind
+    assert summary["heldout_choices"] == [{"branches": 1, "num_speculative_tokens": 4},
+                                          {"branches": 4, "num_speculative_tokens": 4}]
+    assert summary["gap_points_heldout"] == pytest.approx(-5.5)
+    low, high = summary["gap_ci95_points_heldout"]
+    assert low < -5.5 < high
+    # one repeat: the gap of that run, no held-out figure
+    single = summarize_budget(1.0, repeats[:1])
+    assert single["gap_points"] == pytest.approx(12.0)
+    assert single["gap_points_heldout"] is None and single["heldout_choices"] is None
+    with pytest.raises(ValueError, match="different fixed"):
+        summarize_budget(1.0, [repeats[0], {"fixed": repeats[1]["fixed"][::-1], "auto": repeats[1]["auto"]}])
+    with pytest.raises(ValueError, match="no repeats"):
+        summarize_budget(1.0, [])
+
+
+def test_repeats_of_the_same_problems_count_each_problem_once_in_the_paired_interval():
+    from tts_ray.planner.bench import _paired_ci95_over_repeats, _paired_difference_ci95_points
+
+    best, auto = _bench_row(4, 4, 52), _bench_row("auto", "auto", 50)
+    # the same runs twice are not twice the evidence: the interval stays as wide
+    assert _paired_ci95_over_repeats([(best, auto), (best, auto)]) == _paired_difference_ci95_points(best, auto)
+    # differences that cancel over the repeats on a problem leave nothing to explain
+    assert _paired_ci95_over_repeats([(best, auto), (auto, best)]) == [0.0, 0.0]
+    with pytest.raises(ValueError, match="no rows"):
+        _paired_ci95_over_repeats([])
+
+
 def test_an_early_stopping_request_books_every_branch_but_runs_one_wave_at_a_time():
     keeper = _keeper()  # 2 replicas, 0.01 s per token at any concurrency, EWMA alpha 0.5
     keeper.admit("waves", PlanRequest(budget_s=100, max_tokens=100, method="majority", branches=16,

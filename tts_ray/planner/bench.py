@@ -14,7 +14,9 @@ sends the same problem again. Figures:
   in accuracy points (<= 0: auto matched or beat every fixed configuration), and
   ``auto_gap_ci95_points``, that budget's gap's 95% interval as for two independent runs
   (wider than a paired one on the same problems, and not corrected for picking the best of
-  the fixed rows after the fact);
+  the fixed rows after the fact); with ``--repeats`` R > 1, accuracies are means over R runs
+  of the sweep, and ``auto_gap_points_heldout`` is the largest gap to the configuration
+  chosen on the other repeats (uninflated by the luck of the pick);
 - ``early_stop_token_saving`` and ``early_stop_accuracy_drop_points``;
 - the latency model's prediction error as the service reports it (``/v1/tts/status``).
 """
@@ -31,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tts_ray.constants import BENCH_REPEAT_SEED_STRIDE, MAX_BENCH_REPEATS, MAX_EVAL_SEED
 from tts_ray.eval.datasets import Problem, load_dataset
 from tts_ray.eval.runner import EvalRequest, evaluate
 from tts_ray.eval.stats import percentile
@@ -162,14 +165,86 @@ def _paired_difference_ci95_points(a: dict[str, Any], b: dict[str, Any]) -> list
     Raises:
         ValueError: the rows do not cover the same number of problems.
     """
-    if len(a["correct"]) != len(b["correct"]):
-        raise ValueError(f"rows over different problems: {len(a['correct'])} against {len(b['correct'])}")
-    diffs = [x - y for x, y in zip(a["correct"], b["correct"])]
-    n = len(diffs)
+    return _paired_ci95_over_repeats([(a, b)])
+
+
+def _paired_ci95_over_repeats(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]]) -> list[float]:
+    """95% interval (points) of the mean over repeats of accuracy(a) - accuracy(b), for pairs
+    of rows (one pair per repeat) over the same problems in the same order: each problem's
+    difference is averaged over the repeats first, so a problem counts once however often it
+    ran (its difficulty is shared by every repeat, which are not independent draws of it).
+
+    Raises:
+        ValueError: no pairs, or rows that do not cover the same number of problems.
+    """
+    if not pairs:
+        raise ValueError("no rows to compare")
+    n = len(pairs[0][0]["correct"])
+    for a, b in pairs:
+        if len(a["correct"]) != n or len(b["correct"]) != n:
+            raise ValueError(f"rows over different problems: {len(a['correct'])} and {len(b['correct'])} "
+                             f"against {n}")
+    diffs = [sum(a["correct"][i] - b["correct"][i] for a, b in pairs) / len(pairs) for i in range(n)]
     mean = sum(diffs) / n
     variance = sum((d - mean) ** 2 for d in diffs) / max(1, n - 1)
     half = 1.96 * math.sqrt(variance / n)
     return [round((mean - half) * 100, 2), round((mean + half) * 100, 2)]
+
+
+def summarize_budget(budget_s: float, repeats: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One budget's rows over the repeats of the sweep (each ``{"fixed": [rows], "auto": row}``,
+    the fixed rows in the same (B, k) order every time): each configuration's accuracy per
+    repeat and mean, and the auto planner's gap to the best fixed configuration, two ways:
+
+    - ``gap_points``: best mean over the fixed configurations less auto's mean. Picking the
+      best after the fact favours the luckiest row: when the rows are close, the maximum of
+      noisy means sits above the best configuration's true accuracy, so this overstates the
+      gap (of one run on the CPU testbed, the same row moved by up to 6 points between runs);
+    - ``gap_points_heldout`` (two repeats or more; else None): in each repeat, auto against
+      the fixed configuration best on the *other* repeats, averaged over the repeats. The
+      choice and its measurement use different runs, so the luck of the pick does not count.
+
+    Intervals are paired over the problems (see :func:`_paired_ci95_over_repeats`).
+
+    Raises:
+        ValueError: no repeats, or repeats that ran different fixed grids or problems.
+    """
+    if not repeats:
+        raise ValueError("no repeats to summarize")
+    configs = [(r["branches"], r["num_speculative_tokens"]) for r in repeats[0]["fixed"]]
+    for rep in repeats[1:]:
+        if [(r["branches"], r["num_speculative_tokens"]) for r in rep["fixed"]] != configs:
+            raise ValueError("the repeats ran different fixed (B, k) grids")
+    runs = len(repeats)
+    by_config = {c: [rep["fixed"][i] for rep in repeats] for i, c in enumerate(configs)}
+    autos = [rep["auto"] for rep in repeats]
+
+    def mean(rows: Sequence[dict[str, Any]]) -> float:
+        return sum(r["accuracy"] for r in rows) / len(rows)
+
+    best = max(configs, key=lambda c: mean(by_config[c]))
+    summary: dict[str, Any] = {
+        "budget_s": budget_s, "repeats": list(repeats),
+        "accuracy_by_repeat": {**{f"B={b} k={k}": [r["accuracy"] for r in by_config[b, k]] for b, k in configs},
+                               "auto": [r["accuracy"] for r in autos]},
+        "best_fixed": {"branches": best[0], "num_speculative_tokens": best[1], "accuracy": mean(by_config[best])},
+        "auto_accuracy": mean(autos),
+        "gap_points": (mean(by_config[best]) - mean(autos)) * 100,
+        # as for two independent runs of runs x problems each (wider than the paired interval)
+        "gap_ci95_points": _difference_ci95_points(
+            {"accuracy": mean(by_config[best]), "requests": sum(r["requests"] for r in by_config[best])},
+            {"accuracy": mean(autos), "requests": sum(r["requests"] for r in autos)}),
+        "gap_ci95_points_paired": _paired_ci95_over_repeats(list(zip(by_config[best], autos))),
+        "gap_points_heldout": None, "gap_ci95_points_heldout": None, "heldout_choices": None,
+    }
+    if runs >= 2:
+        chosen = [max(configs, key=lambda c: mean([by_config[c][j] for j in range(runs) if j != i]))
+                  for i in range(runs)]
+        pairs = [(by_config[c][i], autos[i]) for i, c in enumerate(chosen)]
+        summary.update(gap_points_heldout=sum(a["accuracy"] - b["accuracy"] for a, b in pairs) / runs * 100,
+                       gap_ci95_points_heldout=_paired_ci95_over_repeats(pairs),
+                       heldout_choices=[{"branches": b, "num_speculative_tokens": k} for b, k in chosen])
+    return summary
 
 
 def _difference_ci95_points(a: dict[str, Any], b: dict[str, Any]) -> list[float]:
@@ -184,7 +259,7 @@ def run_planner_bench(url: str, out: str | Path, limit: int = 100, budgets_s: Se
                       branches: Sequence[int] = (1, 4, 8, 16), draft_lengths: Sequence[int] = (0, 4),
                       concurrency: int = 8, early_stop_branches: int = 16, early_stop_budget_s: float = 60.0,
                       early_stop_limit: int | None = None, max_attempts: int = 3, seed: int | None = 0,
-                      command: str = "tts-ray bench-planner") -> dict[str, Any]:
+                      repeats: int = 1, command: str = "tts-ray bench-planner") -> dict[str, Any]:
     """Run the planner benchmark against the service at ``url``; write and return the figures.
 
     Each of the ``concurrency`` clients sends its next problem when the last one is answered;
@@ -202,39 +277,54 @@ def run_planner_bench(url: str, out: str | Path, limit: int = 100, budgets_s: Se
     (:meth:`~tts_ray.eval.runner.EvalRequest.problem_seed`): on pools that apply seeds, branch
     i of a problem samples the same tokens in every row that runs it on the same pool, so
     the rows differ by their configurations and deadlines, not by sampling luck (common
-    random numbers). None: every row samples afresh."""
+    random numbers). None: every row samples afresh.
+
+    With ``repeats`` > 1 the whole budget sweep (every fixed row and auto, at every budget)
+    runs that many times, repeat r with base seed ``seed + r * BENCH_REPEAT_SEED_STRIDE``,
+    and each budget's figures are over all of them (:func:`summarize_budget`), with the
+    held-out gap. The warm-up and the early-stopping comparison run once.
+
+    Raises:
+        ValueError: ``repeats`` outside 1 to ``MAX_BENCH_REPEATS``, or a ``seed`` whose last
+            repeat's seed would reach ``MAX_EVAL_SEED``.
+    """
+    if not 1 <= repeats <= MAX_BENCH_REPEATS:
+        raise ValueError(f"repeats must be 1 to {MAX_BENCH_REPEATS}, got {repeats}")
+    if seed is not None and seed + (repeats - 1) * BENCH_REPEAT_SEED_STRIDE >= MAX_EVAL_SEED:
+        raise ValueError(f"seed {seed} leaves no room for {repeats} repeats below {MAX_EVAL_SEED}")
     problems = load_dataset("arith500", limit=limit).problems
     stop_problems = load_dataset("arith500", limit=early_stop_limit or limit).problems
     # Warm-up: compiles the engines' shapes and fills the prefix cache, under a budget loose
     # enough that no request is cut (a cut there would teach the keeper start-up's margins).
     _run(problems[:16], url, concurrency, "warm-up", branches="auto", latency_budget_s=4 * budgets_s[-1],
          max_attempts=max_attempts, seed=seed)
-    per_budget = []
+    sweeps: dict[float, list[dict[str, Any]]] = {budget_s: [] for budget_s in budgets_s}
     over_budget_ms: list[float] = []
-    for budget_s in budgets_s:
-        fixed = []
-        for k in draft_lengths:
-            for b in branches:
-                row = _run(problems, url, concurrency, f"budget {budget_s:g}s B={b} k={k}", branches=b,
-                           num_speculative_tokens=k, latency_budget_s=budget_s, max_attempts=max_attempts,
-                           seed=seed)
-                fixed.append(row)
-        auto = _run(problems, url, concurrency, f"budget {budget_s:g}s auto", branches="auto",
-                    num_speculative_tokens="auto", latency_budget_s=budget_s, max_attempts=max_attempts,
-                    seed=seed)
-        for row in [*fixed, auto]:
-            over_budget_ms += [(lat - budget_s) * 1000 for lat in row["latencies_s"]]
-        best = max(fixed, key=lambda r: r["accuracy"])
-        per_budget.append({"budget_s": budget_s, "auto": auto, "fixed": fixed,
-                           "best_fixed": {"branches": best["branches"],
-                                          "num_speculative_tokens": best["num_speculative_tokens"],
-                                          "accuracy": best["accuracy"]},
-                           "gap_points": (best["accuracy"] - auto["accuracy"]) * 100,
-                           # each row is one noisy run, and the best of 6 is picked after the
-                           # fact (which favours a lucky row): the interval says how much noise
-                           "gap_ci95_points": _difference_ci95_points(best, auto),
-                           # the same problems in both rows: per-problem differences
-                           "gap_ci95_points_paired": _paired_difference_ci95_points(best, auto)})
+    for repeat in range(repeats):
+        # each repeat samples afresh (its own base seed), so the repeats measure sampling and
+        # timing noise together; within a repeat the rows still share their random numbers
+        repeat_seed = None if seed is None else seed + repeat * BENCH_REPEAT_SEED_STRIDE
+        prefix = f"r{repeat + 1} " if repeats > 1 else ""
+        for budget_s in budgets_s:
+            fixed = []
+            for k in draft_lengths:
+                for b in branches:
+                    row = _run(problems, url, concurrency, f"{prefix}budget {budget_s:g}s B={b} k={k}", branches=b,
+                               num_speculative_tokens=k, latency_budget_s=budget_s, max_attempts=max_attempts,
+                               seed=repeat_seed)
+                    fixed.append(row)
+            auto = _run(problems, url, concurrency, f"{prefix}budget {budget_s:g}s auto", branches="auto",
+                        num_speculative_tokens="auto", latency_budget_s=budget_s, max_attempts=max_attempts,
+                        seed=repeat_seed)
+            for row in [*fixed, auto]:
+                over_budget_ms += [(lat - budget_s) * 1000 for lat in row["latencies_s"]]
+            sweeps[budget_s].append({"fixed": fixed, "auto": auto})
+    per_budget = [summarize_budget(budget_s, sweeps[budget_s]) for budget_s in budgets_s]
+    for b in per_budget:
+        heldout = "" if b["gap_points_heldout"] is None else f", held out {b['gap_points_heldout']:.1f}"
+        print(f"budget {b['budget_s']:g}s: auto {b['auto_accuracy']:.3f}, best fixed {b['best_fixed']['accuracy']:.3f} "
+              f"(B={b['best_fixed']['branches']} k={b['best_fixed']['num_speculative_tokens']}) over {repeats} "
+              f"repeat(s): gap {b['gap_points']:.1f}{heldout} points", flush=True)
     full_results: list = []
     full = _run(stop_problems, url, concurrency, f"B={early_stop_branches} full", branches=early_stop_branches,
                 latency_budget_s=early_stop_budget_s, early_stop=False, results_out=full_results,
@@ -249,6 +339,12 @@ def run_planner_bench(url: str, out: str | Path, limit: int = 100, budgets_s: Se
         "auto_gap_points": max(b["gap_points"] for b in per_budget),
         "auto_gap_ci95_points": max(per_budget, key=lambda b: b["gap_points"])["gap_ci95_points"],
         "auto_gap_ci95_points_paired": max(per_budget, key=lambda b: b["gap_points"])["gap_ci95_points_paired"],
+        # with two repeats or more: the gap to the configuration chosen on the other repeats
+        # (summarize_budget), the estimate the luck of picking the best row does not inflate
+        "auto_gap_points_heldout": (max(b["gap_points_heldout"] for b in per_budget) if repeats > 1 else None),
+        "auto_gap_ci95_points_heldout": (max(per_budget, key=lambda b: b["gap_points_heldout"])
+                                         ["gap_ci95_points_heldout"] if repeats > 1 else None),
+        "repeats": repeats,
         "early_stop_token_saving": 1 - early["tokens_per_problem"] / full["tokens_per_problem"],
         "early_stop_accuracy_drop_points": (full["accuracy"] - early["accuracy"]) * 100,
         # Unseeded (or on pools that drop seeds), the two runs sample independently and the
