@@ -519,6 +519,24 @@ def test_repeats_of_the_same_problems_count_each_problem_once_in_the_paired_inte
         _paired_ci95_over_repeats([])
 
 
+def test_bench_planner_takes_as_many_repeats_as_the_seed_stride_leaves_room_for():
+    from tts_ray.cli import build_parser
+    from tts_ray.constants import MAX_BENCH_REPEATS
+    from tts_ray.planner.bench import run_planner_bench
+
+    parser = build_parser()
+    assert parser.parse_args(["bench-planner", "--repeats", "3"]).repeats == 3
+    assert parser.parse_args(["bench-planner"]).repeats == 1
+    for bad in ("0", str(MAX_BENCH_REPEATS + 1)):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["bench-planner", "--repeats", bad])
+    # refused before any request is sent (no service at this url)
+    with pytest.raises(ValueError, match="repeats must be"):
+        run_planner_bench("http://127.0.0.1:9", "unused.json", repeats=MAX_BENCH_REPEATS + 1)
+    with pytest.raises(ValueError, match="no room"):
+        run_planner_bench("http://127.0.0.1:9", "unused.json", repeats=2, seed=2**62 - 1)
+
+
 def test_an_early_stopping_request_books_every_branch_but_runs_one_wave_at_a_time():
     keeper = _keeper()  # 2 replicas, 0.01 s per token at any concurrency, EWMA alpha 0.5
     keeper.admit("waves", PlanRequest(budget_s=100, max_tokens=100, method="majority", branches=16,
