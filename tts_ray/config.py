@@ -285,6 +285,14 @@ class RouterConfig(_Strict):
                                "well as the best fixed (B, k) on the problems it answered, but "
                                "it turned more requests away and was not closer overall, "
                                "docs/architecture.md; hence not the default.)")
+    auto_load: Literal["arriving", "symmetric"] = Field(
+        "arriving", description="The load an auto plan of B branches is predicted under. "
+                                "\"arriving\": the branches in flight now, plus B for each request "
+                                "expected to arrive (those in flight lately, less those in flight "
+                                "now). \"symmetric\": at least B for every request in flight "
+                                "lately, those in flight now included: the load a steady stream of "
+                                "requests planned alike settles at, so a request does not take what "
+                                "the others' plans leave free for the moment.")
     score_reserve_s: float = Field(
         0.3, ge=0, description="Time kept for PRM scoring before the merge margin when the profile "
                                "has no scoring curve.")

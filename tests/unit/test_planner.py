@@ -144,6 +144,28 @@ def test_requests_already_admitted_keep_their_branches_in_the_prediction():
     assert plan.pool == "plain" and plan.predicted_parts_s["decode"] == pytest.approx(100 * 0.0103125)
 
 
+def test_symmetric_load_sizes_a_plan_as_if_the_requests_in_flight_ran_it_too():
+    planner, loads = setup(SPEC_NEVER_PAYS)
+    for load in loads.values():  # as above: 8 one-branch requests in flight on each pool
+        load.inflight_branches = load.active_requests = 8
+        load.recent_requests, load.cluster_active_requests = 16.0, 16
+    arriving = planner.plan(request(1.5, method="majority"), loads)
+    planner.symmetric_load = True
+    symmetric = planner.plan(request(1.5, method="majority"), loads)
+    # 16 requests lately, each at B on this pool: 2 branches would decode at 16 x 2 + 2 = 34
+    # sequences (past the knee at 16: 20 ms a token, 2 s for 100 tokens); one branch at 17
+    # sequences (10.5 ms at 16, 20 at 32: 11.09 ms interpolated) fits 1.5 s.
+    assert arriving.num_branches == 3 and symmetric.num_branches == 1
+    assert symmetric.planned_s == pytest.approx(0.01 + 100 * 0.0110938 + 0.05, abs=1e-4)
+    # The load is never below what the arriving requests alone bring: in a burst onto an idle
+    # pool (nothing in flight, 7 coming) both count 7 x B others.
+    idle = loads["plain"].__class__("m", 0, replicas=1, slots_per_replica=64, recent_requests=7.0)
+    assert Planner._planning_load(idle, 3, symmetric=True).inflight_branches == 21
+    assert Planner._planning_load(idle, 3).inflight_branches == 21
+    # Fixed B is kept whatever the load.
+    assert planner.plan(request(1.5, method="majority", branches=4), loads).num_branches == 4
+
+
 def test_a_burst_too_large_for_one_branch_each_still_gets_one_branch_not_429():
     planner, loads = setup(SPEC_NEVER_PAYS)
     for load in loads.values():

@@ -747,7 +747,7 @@ def test_auto_admission_by_fit_reaches_the_planner_only_when_configured():
                                   "router": {"auto_admission": "always"}})
 
 
-def test_auto_ranking_reaches_the_planner_only_when_configured():
+def test_auto_ranking_and_load_reach_the_planner_only_when_configured():
     prof = ClusterProfile(device="x", pools={"a": PoolProfile(model_id="m", curves=[
         SpeedCurve(num_speculative_tokens=0, concurrency=[1, 64], seconds_per_token=[0.01, 0.64],
                    prefill_s=0.0)])})
@@ -758,6 +758,12 @@ def test_auto_ranking_reaches_the_planner_only_when_configured():
     assert AppConfig.model_validate({"generators": generators}).router.auto_ranking == "fit_first"
     with pytest.raises(ValueError):
         AppConfig.model_validate({"generators": generators, "router": {"auto_ranking": "accuracy"}})
+    for setting, symmetric in (("symmetric", True), ("arriving", False)):
+        config = AppConfig.model_validate({"generators": generators, "router": {"auto_load": setting}})
+        assert BudgetKeeper(config, prof, None).planner.symmetric_load is symmetric
+    assert AppConfig.model_validate({"generators": generators}).router.auto_load == "arriving"
+    with pytest.raises(ValueError):
+        AppConfig.model_validate({"generators": generators, "router": {"auto_load": "steady"}})
 
 
 def test_plans_chosen_knowing_the_deadline_cuts_them_teach_the_correction_nothing():

@@ -108,7 +108,8 @@ class BudgetKeeper:
         self.weigh_inflight = config.router.plan_for_inflight
         self.planner = Planner(self.latency, weigh_inflight=self.weigh_inflight,
                                admit_auto_if_fits=config.router.auto_admission == "fitting_plan",
-                               rank_by_accuracy=config.router.auto_ranking == "expected_accuracy")
+                               rank_by_accuracy=config.router.auto_ranking == "expected_accuracy",
+                               symmetric_load=config.router.auto_load == "symmetric")
         self.loads: dict[str, PoolLoad] = {}
         for pool in config.generators:
             replicas = pool.autoscaling.min_replicas if pool.autoscaling else pool.num_replicas

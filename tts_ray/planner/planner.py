@@ -155,9 +155,11 @@ class Planner:
     """
 
     def __init__(self, latency: LatencyModel | None, weigh_inflight: bool = False,
-                 admit_auto_if_fits: bool = False, rank_by_accuracy: bool = False) -> None:
+                 admit_auto_if_fits: bool = False, rank_by_accuracy: bool = False,
+                 symmetric_load: bool = False) -> None:
         self.latency, self.weigh_inflight = latency, weigh_inflight
         self.admit_auto_if_fits, self.rank_by_accuracy = admit_auto_if_fits, rank_by_accuracy
+        self.symmetric_load = symmetric_load
 
     def _accuracy(self, model_id: str, method: str, branches: int, tokens: float, max_tokens: int) -> float | None:
         """Calibrated accuracy of ``method`` at ``branches`` when the deadline leaves each branch
@@ -267,7 +269,8 @@ class Planner:
                     counts = [1] if single_only else range(1, min(request.max_branches, share) + 1)
                 for branches in counts:
                     considered += 1
-                    planning_load = self._planning_load(load, branches) if request.branches is None else load
+                    planning_load = (self._planning_load(load, branches, self.symmetric_load)
+                                     if request.branches is None else load)
                     prediction = self.latency.predict(name, planning_load, method, branches, request.max_tokens,
                                                       window=request.early_stop_window)
                     # Accuracy as the deadline leaves it: branches still running then are cut,
@@ -389,7 +392,7 @@ class Planner:
         return load if load.latency_correction == 1.0 else replace(load, latency_correction=1.0)
 
     @staticmethod
-    def _planning_load(load: PoolLoad, branches: int) -> PoolLoad:
+    def _planning_load(load: PoolLoad, branches: int, symmetric: bool = False) -> PoolLoad:
         """The load an auto plan of ``branches`` is predicted under: the branches in flight on
         the pool now, plus ``branches`` for each request expected to arrive (the recent number
         in flight over all pools, less those in flight now). In a burst the first requests
@@ -397,12 +400,22 @@ class Planner:
         behind them need, and those would get 429 (seen at concurrency 8: auto answered 9 of 60
         requests where B = 1 for all answered 60). Requests already admitted keep the branches
         they have: counting them at ``branches`` too made plans shrink for load that was not
-        there."""
+        there.
+
+        ``symmetric``: at least as if every request in flight lately (``recent_requests``) ran
+        ``branches`` on this pool too, those in flight now included: the load a steady stream of
+        requests planned alike settles at. Planned on the branches in flight now, each request
+        takes what the others' plans leave free, and a plan ranked by accuracy grew to 12 to 19
+        branches at 1 s on the testbed (run ak) where the best fixed plan runs 4.
+        """
         in_flight = max(load.cluster_active_requests, load.active_requests)
         arriving = max(0, round(load.recent_requests) - in_flight)
-        if not arriving:
+        others = load.inflight_branches + arriving * branches
+        if symmetric:
+            others = max(others, round(load.recent_requests) * branches)
+        if others == load.inflight_branches:
             return load
-        return replace(load, inflight_branches=load.inflight_branches + arriving * branches)
+        return replace(load, inflight_branches=others)
 
     @staticmethod
     def _fair_share(load: PoolLoad) -> int:
