@@ -286,7 +286,10 @@ class RouterConfig(_Strict):
                                "it turned more requests away and was not closer overall, "
                                "docs/architecture.md; hence not the default.)")
     auto_load: Literal["arriving", "symmetric"] = Field(
-        "arriving", description="The load an auto plan of B branches is predicted under. "
+        "arriving", description="(Experimental; \"symmetric\" is not the default: on the CPU testbed it "
+                                "brought auto closer to the best fixed plan at 1 s but far from it "
+                                "at 0.5 s, docs/architecture.md.) "
+                                "The load an auto plan of B branches is predicted under. "
                                 "\"arriving\": the branches in flight now, plus B for each request "
                                 "expected to arrive (those in flight lately, less those in flight "
                                 "now). \"symmetric\": at least B for every request in flight "
