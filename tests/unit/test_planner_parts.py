@@ -752,18 +752,16 @@ def test_auto_ranking_and_load_reach_the_planner_only_when_configured():
         SpeedCurve(num_speculative_tokens=0, concurrency=[1, 64], seconds_per_token=[0.01, 0.64],
                    prefill_s=0.0)])})
     generators = [{"name": "a", "model_id": "m", "model_source": "x"}]
-    for setting, by_accuracy in (("expected_accuracy", True), ("fit_first", False)):
-        config = AppConfig.model_validate({"generators": generators, "router": {"auto_ranking": setting}})
-        assert BudgetKeeper(config, prof, None).planner.rank_by_accuracy is by_accuracy
-    assert AppConfig.model_validate({"generators": generators}).router.auto_ranking == "fit_first"
-    with pytest.raises(ValueError):
-        AppConfig.model_validate({"generators": generators, "router": {"auto_ranking": "accuracy"}})
-    for setting, symmetric in (("symmetric", True), ("arriving", False)):
-        config = AppConfig.model_validate({"generators": generators, "router": {"auto_load": setting}})
-        assert BudgetKeeper(config, prof, None).planner.symmetric_load is symmetric
-    assert AppConfig.model_validate({"generators": generators}).router.auto_load == "arriving"
-    with pytest.raises(ValueError):
-        AppConfig.model_validate({"generators": generators, "router": {"auto_load": "steady"}})
+    # (config field, its default, the setting that turns the planner's flag on, the flag, a typo)
+    cases = (("auto_ranking", "fit_first", "expected_accuracy", "rank_by_accuracy", "accuracy"),
+             ("auto_load", "arriving", "symmetric", "symmetric_load", "steady"))
+    for field, default, on, flag, typo in cases:
+        for setting in (on, default):
+            config = AppConfig.model_validate({"generators": generators, "router": {field: setting}})
+            assert getattr(BudgetKeeper(config, prof, None).planner, flag) is (setting == on)
+        assert getattr(AppConfig.model_validate({"generators": generators}).router, field) == default
+        with pytest.raises(ValueError):
+            AppConfig.model_validate({"generators": generators, "router": {field: typo}})
 
 
 def test_plans_chosen_knowing_the_deadline_cuts_them_teach_the_correction_nothing():
