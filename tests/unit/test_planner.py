@@ -159,7 +159,7 @@ def test_symmetric_load_sizes_a_plan_as_if_the_requests_in_flight_ran_it_too():
     assert symmetric.planned_s == pytest.approx(0.01 + 100 * 0.0110938 + 0.05, abs=1e-4)
     # The load is never below what the arriving requests alone bring: in a burst onto an idle
     # pool (nothing in flight, 7 coming) both count 7 x B others.
-    idle = loads["plain"].__class__("m", 0, replicas=1, slots_per_replica=64, recent_requests=7.0)
+    idle = PoolLoad("m", 0, replicas=1, slots_per_replica=64, recent_requests=7.0)
     assert Planner._planning_load(idle, 3, symmetric=True).inflight_branches == 21
     assert Planner._planning_load(idle, 3).inflight_branches == 21
     # Fixed B is kept whatever the load.

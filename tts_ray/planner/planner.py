@@ -147,6 +147,9 @@ class Planner:
     ranked by its expected accuracy, fitting or not, fitting breaking ties; a chosen plan that
     does not fit is ``expected_cut`` (the keeper does not learn its correction from it).
 
+    Symmetric load (``symmetric_load``, for auto plans): a plan of B branches is predicted as
+    if every request in flight lately ran B on its pool too (``_planning_load``).
+
     Admission (``Infeasible``, a 429): when one branch is predicted to miss the budget at the
     load in flight now, on every pool, without the latency correction. With
     ``admit_auto_if_fits``, an auto request is also turned away when no plan fits at the load
