@@ -269,7 +269,7 @@ class RouterConfig(_Strict):
                                   "than run where the deadline is expected to cut it (on the CPU "
                                   "testbed at its tightest budget, 4 points more accurate than "
                                   "\"one_branch\", docs/architecture.md).")
-    auto_ranking: Literal["fit_first", "expected_accuracy"] = Field(
+    auto_ranking: Literal["fit_first", "expected_accuracy", "steady_state"] = Field(
         "fit_first", description="How an auto plan is chosen among (pool, method, B). "
                                "\"fit_first\": the plans whose expected longest branch fits the "
                                "budget (decoding at the slow end of the speed spread) first, then "

@@ -551,3 +551,59 @@ def test_429_when_one_branch_fits_only_where_it_would_cost_the_requests_in_fligh
     # with room in their deadlines, plain costs them nothing and serves the request
     _, loads, roomy = _busy_spec(deadline_tokens=300, branches=6)
     assert planner.plan(request(1.5), loads, roomy).pool == "plain"
+
+
+def test_steady_state_plans_as_if_every_request_ran_the_plan():
+    from dataclasses import replace
+
+    planner, loads = setup(SPEC_NEVER_PAYS)
+    steady = Planner(planner.latency, steady_state=True)
+    # A stream of 8 requests: 7 in flight on the plain pool with one branch each (the
+    # stream's earlier plans), the 8th being planned.
+    stream = {"recent_requests": 7.0, "cluster_active_requests": 7}
+    loads = {"spec": replace(loads["spec"], **stream),
+             "plain": replace(loads["plain"], inflight_branches=7, active_requests=7, **stream)}
+    ask = request(1.2, method="majority")
+    # Sized on the branches in flight now, a request takes what the others leave free, up to
+    # its fair share (64 slots among 8 requests): 8 more sequences fit on the plain pool.
+    arriving = planner.plan(ask, loads)
+    assert arriving.pool == "plain" and arriving.num_branches == 8
+    # In the steady state all 8 run the plan: 2 branches each is 16 sequences (1.11 s); 3
+    # would be 24, past the knee (15.25 ms: 100 tokens need 1.585 s, and a branch cut at 75
+    # tokens has no answer), and speculation never pays here.
+    plan = steady.plan(ask, loads)
+    assert (plan.pool, plan.num_branches) == ("plain", 2) and not plan.expected_cut
+    assert plan.planned_s == pytest.approx(0.01 + 100 * 0.0105 + 0.05)
+    assert plan.predicted_s < plan.planned_s  # reported at the load in flight now (9 sequences)
+    # A fixed B is kept, and admission is a fixed request's: 429 only when one branch misses.
+    assert steady.plan(request(1.2, method="majority", branches=5), loads).num_branches == 5
+    with pytest.raises(Infeasible):
+        steady.plan(request(0.1, method="majority"), loads)
+
+
+def test_steady_state_runs_plans_the_deadline_is_expected_to_cut():
+    from tts_ray.planner.calibration import TokenLimitedAccuracy
+
+    # Half the problems take 50 tokens a branch, half 150 (as in the ranking test above): the
+    # long problems are lost below 150 tokens whatever B is, and the short ones gain from voting.
+    majority = [0.4 + 0.35 * (1 - 0.8 ** b) for b in range(1, 17)]
+    table = TokenLimitedAccuracy(tokens=[50, 150, 200], accuracy={"majority": [[a / 2, a, a] for a in majority]})
+    model = ModelCalibration(accuracy={"majority": majority, "single": [0.4]}, lengths=[50] * 50 + [150] * 50,
+                             max_tokens=200, accuracy_by_tokens=table)
+    calibration = Calibration(dataset="s", problems=2, samples_per_problem=16, temperature=0.7, models={"m": model})
+    profile = ClusterProfile(device="synthetic", pools={
+        "plain": PoolProfile(model_id="m", num_speculative_tokens=0, curves=[curve(0, FLAT_THEN_STEEP)])})
+    latency = LatencyModel(profile, calibration, merge_margin_s=0.05)
+    loads = {"plain": PoolLoad("m", 0, replicas=1, slots_per_replica=64, recent_requests=3.0)}
+    ask = request(1.1, method="majority")
+    # Fit first: one branch (10 ms + 100 expected tokens x 10 ms + 50 ms = 1.06 s) is the only
+    # plan that fits; two expect a longest branch of 125 tokens.
+    fit_first = Planner(latency).plan(ask, loads)
+    assert fit_first.num_branches == 1 and not fit_first.expected_cut
+    # Steady state, 4 requests: 4 branches each is 16 sequences at 10.5 ms, which leave a
+    # branch 99 tokens, enough for the short problems; 5 each (20 sequences, 12.9 ms) leave
+    # 81 and give less, and 3 each (12 sequences) vote less.
+    plan = Planner(latency, steady_state=True).plan(ask, loads)
+    assert plan.num_branches == 4 and plan.expected_cut
+    assert plan.expected_accuracy == pytest.approx(majority[3] * (0.5 + 0.5 * (1.04 / 0.0105 - 50) / 100))
+    assert plan.expected_accuracy > fit_first.expected_accuracy + 0.05

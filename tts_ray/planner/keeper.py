@@ -109,7 +109,8 @@ class BudgetKeeper:
         self.planner = Planner(self.latency, weigh_inflight=self.weigh_inflight,
                                admit_auto_if_fits=config.router.auto_admission == "fitting_plan",
                                rank_by_accuracy=config.router.auto_ranking == "expected_accuracy",
-                               symmetric_load=config.router.auto_load == "symmetric")
+                               symmetric_load=config.router.auto_load == "symmetric",
+                               steady_state=config.router.auto_ranking == "steady_state")
         self.loads: dict[str, PoolLoad] = {}
         for pool in config.generators:
             replicas = pool.autoscaling.min_replicas if pool.autoscaling else pool.num_replicas

@@ -150,6 +150,13 @@ class Planner:
     Symmetric load (``symmetric_load``, for auto plans): a plan of B branches is predicted as
     if every request in flight lately ran B on its pool too (``_planning_load``).
 
+    Steady state (``steady_state``, for calibrated auto plans): the plan is the one a steady
+    stream of requests planned alike would do best with, as a fixed (pool, B) would be chosen:
+    each candidate is predicted at the load of every request in flight lately running it on
+    its pool (``_steady_load``) and ranked by its expected accuracy as the deadline leaves it,
+    with no fit test (the accuracy already prices the branches the deadline cuts) and the
+    same admission as a fixed request. A plan that does not fit is ``expected_cut``.
+
     Admission (``Infeasible``, a 429): when one branch is predicted to miss the budget at the
     load in flight now, on every pool, without the latency correction. With
     ``admit_auto_if_fits``, an auto request is also turned away when no plan fits at the load
@@ -159,10 +166,10 @@ class Planner:
 
     def __init__(self, latency: LatencyModel | None, weigh_inflight: bool = False,
                  admit_auto_if_fits: bool = False, rank_by_accuracy: bool = False,
-                 symmetric_load: bool = False) -> None:
+                 symmetric_load: bool = False, steady_state: bool = False) -> None:
         self.latency, self.weigh_inflight = latency, weigh_inflight
         self.admit_auto_if_fits, self.rank_by_accuracy = admit_auto_if_fits, rank_by_accuracy
-        self.symmetric_load = symmetric_load
+        self.symmetric_load, self.steady_state = symmetric_load, steady_state
 
     def _accuracy(self, model_id: str, method: str, branches: int, tokens: float, max_tokens: int) -> float | None:
         """Calibrated accuracy of ``method`` at ``branches`` when the deadline leaves each branch
@@ -245,6 +252,8 @@ class Planner:
                         num_speculative_tokens=load.num_speculative_tokens, predicted_s=None,
                         expected_accuracy=None, auto=auto)
 
+        if self.steady_state and auto and self.latency.calibration is not None:
+            return self._plan_steady(request, profiled)
         best: tuple | None = None
         best_fits = False
         quickest_single: tuple[float, float, str] | None = None  # (harm to the hundredth, s, pool)
@@ -349,11 +358,7 @@ class Planner:
                         best_fits = fits
         if quickest_single is None:
             # Fixed B > 1 was asked for: check that one branch could still make it.
-            for name, load in profiled.items():
-                p = self.latency.predict(name, self._admission_load(load), request.method or "single", 1,
-                                         request.max_tokens)
-                if quickest_single is None or (0.0, p.needed_s, name) < quickest_single:
-                    quickest_single = (0.0, p.needed_s, name)
+            quickest_single = (0.0, *self._quickest_single(request, profiled))
         _, single_s, _ = quickest_single
         if single_s > request.budget_s:
             wait_s = max(1.0, math.ceil(single_s - request.budget_s))
@@ -366,10 +371,69 @@ class Planner:
                              f"load now (one branch needs {least_fitted_s:.2f}s at the slow end of the "
                              f"recent speeds)", wait_s, least_fitted_s)
         _, name, method, branches, prediction, accuracy, share, harm = best
-        load = profiled[name]
+        return self._make_plan(request, profiled[name], name, method, branches, prediction, accuracy, auto,
+                               share, considered, harm=round(harm, 4) if weigh else None,
+                               expected_cut=not best_fits and best[0][0] == 1)
+
+    def _plan_steady(self, request: PlanRequest, profiled: dict[str, PoolLoad]) -> Plan:
+        """The steady-state auto plan (``steady_state``): the (pool, method, B) of highest
+        expected accuracy as the deadline leaves it when every request in flight lately runs it
+        too (``_steady_load``), the quicker on a tie; no fit test. Admission as for a fixed
+        request (one branch, at the load in flight now, without the latency correction).
+
+        Raises:
+            Infeasible: one branch is predicted to miss the budget on every pool.
+        """
+        best: tuple | None = None
+        considered = 0
+        for name, load in profiled.items():
+            share = self._fair_share(load)
+            methods = [request.method] if request.method else [
+                m for m in AUTO_METHODS if request.scored_available or m not in SCORED]
+            for method in methods:
+                if request.branches is not None:
+                    counts = [1] if method == "single" else [request.branches]
+                else:
+                    counts = [1] if method == "single" else range(1, min(request.max_branches, share) + 1)
+                for branches in counts:
+                    considered += 1
+                    prediction = self.latency.predict(name, self._steady_load(load, branches), method, branches,
+                                                      request.max_tokens, window=request.early_stop_window)
+                    accuracy = self._accuracy_over_spread(load, method, branches,
+                                                          prediction.tokens_by(request.budget_s),
+                                                          request.max_tokens)
+                    if accuracy is None:  # this model is not calibrated: the log B proxy
+                        accuracy = math.log(branches) / 100 if prediction.needed_s <= request.budget_s else -1.0
+                    key = (round(accuracy, 4), -prediction.needed_s)
+                    if best is None or key > best[0]:
+                        best = (key, name, method, branches, prediction, accuracy, share)
+        single_s, _ = self._quickest_single(request, profiled)
+        if single_s > request.budget_s:
+            wait_s = max(1.0, math.ceil(single_s - request.budget_s))
+            raise Infeasible(f"latency_budget_s={request.budget_s:g} cannot be met: one branch is "
+                             f"predicted to take {single_s:.2f}s now", wait_s, single_s)
+        _, name, method, branches, prediction, accuracy, share = best
+        return self._make_plan(request, profiled[name], name, method, branches, prediction, accuracy, True,
+                               share, considered, expected_cut=prediction.needed_s > request.budget_s)
+
+    def _quickest_single(self, request: PlanRequest, profiled: dict[str, PoolLoad]) -> tuple[float, str]:
+        """(seconds, pool) of the quickest one branch at the load in flight now, without the
+        latency correction (``_admission_load``): what the 429 test reads."""
+        quickest: tuple[float, str] | None = None
+        for name, load in profiled.items():
+            p = self.latency.predict(name, self._admission_load(load), request.method or "single", 1,
+                                     request.max_tokens)
+            if quickest is None or (p.needed_s, name) < quickest:
+                quickest = (p.needed_s, name)
+        return quickest
+
+    def _make_plan(self, request: PlanRequest, load: PoolLoad, name: str, method: str, branches: int,
+                   prediction, accuracy: float | None, auto: bool, share: int, considered: int,
+                   harm: float | None = None, expected_cut: bool = False) -> Plan:
+        """The chosen candidate as a ``Plan``, its reported prediction at the load in flight now
+        (the load it was sized on, ``prediction``, may not come: the prediction error and the
+        keeper's correction are measured on the load now)."""
         finish = self._finish_probability(load.model_id, prediction, request.budget_s, request.max_tokens)
-        # The reported prediction is at the load in flight now: the burst the plan was sized for
-        # may not come, and the prediction error (and the keeper's correction) is measured on it.
         now = self.latency.predict(name, load, method, branches, request.max_tokens,
                                    window=request.early_stop_window)
         deadline_tokens = now.tokens_by(request.budget_s)
@@ -382,8 +446,7 @@ class Planner:
                     latency_correction=round(load.latency_correction, 4),
                     seconds_per_token=now.seconds_per_token,
                     deadline_tokens=deadline_tokens if math.isfinite(deadline_tokens) else None,
-                    harm_to_inflight=round(harm, 4) if weigh else None,
-                    expected_cut=not best_fits and best[0][0] == 1)
+                    harm_to_inflight=harm, expected_cut=expected_cut)
 
     @staticmethod
     def _admission_load(load: PoolLoad) -> PoolLoad:
@@ -419,6 +482,16 @@ class Planner:
         if others == load.inflight_branches:
             return load
         return replace(load, inflight_branches=others)
+
+    @staticmethod
+    def _steady_load(load: PoolLoad, branches: int) -> PoolLoad:
+        """The load a plan of ``branches`` is predicted under in the steady state: every request
+        in flight lately (``recent_requests``, those now included) running ``branches`` on this
+        pool, whatever runs there now. The plans in flight now are the stream's own earlier
+        choices; sized on them (as ``_planning_load`` does), a request takes what they leave
+        free, and a stream of such requests moves between plans instead of settling."""
+        others = round(max(load.recent_requests, load.cluster_active_requests)) * branches
+        return load if others == load.inflight_branches else replace(load, inflight_branches=others)
 
     @staticmethod
     def _fair_share(load: PoolLoad) -> int:
