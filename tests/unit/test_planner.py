@@ -575,6 +575,10 @@ def test_steady_state_plans_as_if_every_request_ran_the_plan():
     assert (plan.pool, plan.num_branches) == ("plain", 2) and not plan.expected_cut
     assert plan.planned_s == pytest.approx(0.01 + 100 * 0.0105 + 0.05)
     assert plan.predicted_s < plan.planned_s  # reported at the load in flight now (9 sequences)
+    # The latency correction does not size it (learned from the requests that finish, it reads
+    # low where plans are cut): at 0.5 it would make 32 sequences look like 10 ms a token.
+    corrected = {name: replace(load, latency_correction=0.5) for name, load in loads.items()}
+    assert steady.plan(ask, corrected).num_branches == 2
     # A fixed B is kept, and admission is a fixed request's: 429 only when one branch misses.
     assert steady.plan(request(1.2, method="majority", branches=5), loads).num_branches == 5
     with pytest.raises(Infeasible):

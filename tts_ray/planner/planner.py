@@ -388,6 +388,12 @@ class Planner:
         considered = 0
         for name, load in profiled.items():
             share = self._fair_share(load)
+            # Without the latency correction: it is learned from the requests that finish, which
+            # under a budget that cuts plans are the short problems, so it reads low where these
+            # plans run (0.5 to 0.6 on the CPU testbed while the per-branch speed factors, which
+            # cut branches teach too, read 1.6 at 32 sequences), and it sized them past what the
+            # deadline left. The speed factors stay.
+            uncorrected = self._admission_load(load)
             methods = [request.method] if request.method else [
                 m for m in AUTO_METHODS if request.scored_available or m not in SCORED]
             for method in methods:
@@ -397,8 +403,8 @@ class Planner:
                     counts = [1] if method == "single" else range(1, min(request.max_branches, share) + 1)
                 for branches in counts:
                     considered += 1
-                    prediction = self.latency.predict(name, self._steady_load(load, branches), method, branches,
-                                                      request.max_tokens, window=request.early_stop_window)
+                    prediction = self.latency.predict(name, self._steady_load(uncorrected, branches), method,
+                                                      branches, request.max_tokens, window=request.early_stop_window)
                     accuracy = self._accuracy_over_spread(load, method, branches,
                                                           prediction.tokens_by(request.budget_s),
                                                           request.max_tokens)
