@@ -599,15 +599,41 @@ def test_steady_state_runs_plans_the_deadline_is_expected_to_cut():
         "plain": PoolProfile(model_id="m", num_speculative_tokens=0, curves=[curve(0, FLAT_THEN_STEEP)])})
     latency = LatencyModel(profile, calibration, merge_margin_s=0.05)
     loads = {"plain": PoolLoad("m", 0, replicas=1, slots_per_replica=64, recent_requests=3.0)}
-    ask = request(1.1, method="majority")
+    ask = request(1.12, method="majority")
     # Fit first: one branch (10 ms + 100 expected tokens x 10 ms + 50 ms = 1.06 s) is the only
     # plan that fits; two expect a longest branch of 125 tokens.
     fit_first = Planner(latency).plan(ask, loads)
     assert fit_first.num_branches == 1 and not fit_first.expected_cut
     # Steady state, 4 requests: 4 branches each is 16 sequences at 10.5 ms, which leave a
-    # branch 99 tokens, enough for the short problems; 5 each (20 sequences, 12.9 ms) leave
-    # 81 and give less, and 3 each (12 sequences) vote less.
+    # branch 101 tokens, enough for the short problems, and a typical branch (100 tokens)
+    # still finishes; 5 each (20 sequences, 12.9 ms) would not, and 3 each vote less.
     plan = Planner(latency, steady_state=True).plan(ask, loads)
     assert plan.num_branches == 4 and plan.expected_cut
-    assert plan.expected_accuracy == pytest.approx(majority[3] * (0.5 + 0.5 * (1.04 / 0.0105 - 50) / 100))
+    assert plan.expected_accuracy == pytest.approx(majority[3] * (0.5 + 0.5 * (1.06 / 0.0105 - 50) / 100))
     assert plan.expected_accuracy > fit_first.expected_accuracy + 0.05
+
+
+def test_steady_state_holds_its_plan_against_small_swings_and_falls_back_to_the_quickest():
+    from dataclasses import replace
+
+    # Two branches vote as well as any more: the quickest of the best plans wins a tie.
+    flat = {"majority": [0.4] + [0.6] * 31, "single": [0.4]}
+    planner, loads = setup(SPEC_NEVER_PAYS, accuracy=flat)
+    stream = {"recent_requests": 7.0, "cluster_active_requests": 7}
+    loads = {name: replace(load, **stream) for name, load in loads.items()}
+    # plain 30% slower than profiled: at 16 sequences 13.65 ms against speculation's 13 ms
+    slower = {**loads, "plain": replace(loads["plain"], speed_factors={b: 1.3 for b in range(8)})}
+    ask = request(3.0, method="majority")
+    assert Planner(planner.latency, steady_state=True).plan(ask, slower).pool == "spec"
+    steady = Planner(planner.latency, steady_state=True)
+    first = steady.plan(ask, loads)
+    assert (first.pool, first.num_branches) == ("plain", 2)
+    # the same expected accuracy on the other pool, a little quicker: the held plan stays
+    assert (steady.plan(ask, slower).pool, steady.plan(ask, slower).num_branches) == ("plain", 2)
+    # another kind of request (its own budget) is planned afresh
+    assert steady.plan(request(2.9, method="majority"), slower).pool == "spec"
+    # No typical branch finishes at 1.07 s in the steady state (one branch each is 8 sequences,
+    # 10.2 ms: 1.08 s), though one alone would (1.06 s, so no 429): the quickest plan, one
+    # branch on the plain pool.
+    quickest = Planner(planner.latency, steady_state=True).plan(request(1.07, method="majority"), loads)
+    assert (quickest.pool, quickest.num_branches, quickest.planned_s) == ("plain", 1, pytest.approx(1.08))

@@ -14,6 +14,9 @@ from tts_ray.planner.latency import SCORED, LatencyModel, PoolLoad
 # Methods the planner may pick by itself: parallel sampling, calibrated per B. Step-level
 # search is run when asked for, but not chosen automatically.
 AUTO_METHODS = ("single", "majority", "weighted_majority", "best_of_n")
+# Steady state: a held plan gives way only to one expected this much more accurate.
+STEADY_SWITCH_ACCURACY = 0.02
+STEADY_KINDS_KEPT = 1024  # held plans (one per kind of request: budget, model, ...), then forgotten
 
 
 class Infeasible(Exception):
@@ -170,6 +173,8 @@ class Planner:
         self.latency, self.weigh_inflight = latency, weigh_inflight
         self.admit_auto_if_fits, self.rank_by_accuracy = admit_auto_if_fits, rank_by_accuracy
         self.symmetric_load, self.steady_state = symmetric_load, steady_state
+        # steady state: the plan last chosen per kind of request (see _plan_steady)
+        self._steady_held: dict[tuple, tuple[str, str, int]] = {}
 
     def _accuracy(self, model_id: str, method: str, branches: int, tokens: float, max_tokens: int) -> float | None:
         """Calibrated accuracy of ``method`` at ``branches`` when the deadline leaves each branch
@@ -376,16 +381,19 @@ class Planner:
                                expected_cut=not best_fits and best[0][0] == 1)
 
     def _plan_steady(self, request: PlanRequest, profiled: dict[str, PoolLoad]) -> Plan:
-        """The steady-state auto plan (``steady_state``): the (pool, method, B) of highest
-        expected accuracy as the deadline leaves it when every request in flight lately runs it
-        too (``_steady_load``), the quicker on a tie; no fit test. Admission as for a fixed
-        request (one branch, at the load in flight now, without the latency correction).
+        """The steady-state auto plan (``steady_state``): among the (pool, method, B) whose
+        typical branch (the expected length of one) finishes when every request in flight
+        lately runs the plan too (``_steady_load``), the one of highest expected accuracy as the
+        deadline leaves it; no fit test for the longest branch (the accuracy prices the
+        branches the deadline cuts). When none qualifies, the quickest. The plan chosen last
+        for the same kind of request is kept unless another is expected to be more accurate by
+        more than ``STEADY_SWITCH_ACCURACY``. Admission as for a fixed request (one branch, at
+        the load in flight now, without the latency correction).
 
         Raises:
             Infeasible: one branch is predicted to miss the budget on every pool.
         """
-        best: tuple | None = None
-        considered = 0
+        ranked: dict[tuple[str, str, int], tuple] = {}
         for name, load in profiled.items():
             share = self._fair_share(load)
             # Without the latency correction: it is learned from the requests that finish, which
@@ -402,7 +410,6 @@ class Planner:
                 else:
                     counts = [1] if method == "single" else range(1, min(request.max_branches, share) + 1)
                 for branches in counts:
-                    considered += 1
                     prediction = self.latency.predict(name, self._steady_load(uncorrected, branches), method,
                                                       branches, request.max_tokens, window=request.early_stop_window)
                     accuracy = self._accuracy_over_spread(load, method, branches,
@@ -410,17 +417,37 @@ class Planner:
                                                           request.max_tokens)
                     if accuracy is None:  # this model is not calibrated: the log B proxy
                         accuracy = math.log(branches) / 100 if prediction.needed_s <= request.budget_s else -1.0
-                    key = (round(accuracy, 4), -prediction.needed_s)
-                    if best is None or key > best[0]:
-                        best = (key, name, method, branches, prediction, accuracy, share)
+                    # The typical branch must finish: a plan whose branches the deadline cuts for
+                    # most problems loads the pool for nothing, and its cut branches (too short to
+                    # teach the speed factors) hide how slow it runs. Without this guard (screening
+                    # run s3) plans of 5 to 8 branches at 0.5 s answered 495 of 500 cut.
+                    typical_s = prediction.seconds_per_token * self.latency.expected_tokens(
+                        load.model_id, 1, request.max_tokens)
+                    typical_fits = (prediction.needed_s - prediction.parts_s.get("decode", 0.0) + typical_s
+                                    <= request.budget_s)
+                    key = (typical_fits, round(accuracy, 4) if typical_fits else 0.0, -prediction.needed_s)
+                    ranked[name, method, branches] = (key, prediction, accuracy, share)
         single_s, _ = self._quickest_single(request, profiled)
         if single_s > request.budget_s:
             wait_s = max(1.0, math.ceil(single_s - request.budget_s))
             raise Infeasible(f"latency_budget_s={request.budget_s:g} cannot be met: one branch is "
                              f"predicted to take {single_s:.2f}s now", wait_s, single_s)
-        _, name, method, branches, prediction, accuracy, share = best
+        choice = max(ranked, key=lambda c: ranked[c][0])
+        # Hold the last choice against small swings of the live speed factors: a stream that
+        # moves between near-equal plans (and pools) is not the steady state it was planned for.
+        kind = (request.model_id, request.method, request.branches, request.num_speculative_tokens,
+                round(request.budget_s, 3), request.max_tokens, request.early_stop_window, request.scored_available)
+        held = self._steady_held.get(kind)
+        if held in ranked and ranked[held][0][0] == ranked[choice][0][0] and \
+                ranked[choice][2] - ranked[held][2] <= STEADY_SWITCH_ACCURACY:
+            choice = held
+        if len(self._steady_held) >= STEADY_KINDS_KEPT and kind not in self._steady_held:
+            self._steady_held.clear()
+        self._steady_held[kind] = choice
+        name, method, branches = choice
+        _, prediction, accuracy, share = ranked[choice]
         return self._make_plan(request, profiled[name], name, method, branches, prediction, accuracy, True,
-                               share, considered, expected_cut=prediction.needed_s > request.budget_s)
+                               share, len(ranked), expected_cut=prediction.needed_s > request.budget_s)
 
     def _quickest_single(self, request: PlanRequest, profiled: dict[str, PoolLoad]) -> tuple[float, str]:
         """(seconds, pool) of the quickest one branch at the load in flight now, without the
