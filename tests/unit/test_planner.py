@@ -637,3 +637,25 @@ def test_steady_state_holds_its_plan_against_small_swings_and_falls_back_to_the_
     # branch on the plain pool.
     quickest = Planner(planner.latency, steady_state=True).plan(request(1.07, method="majority"), loads)
     assert (quickest.pool, quickest.num_branches, quickest.planned_s) == ("plain", 1, pytest.approx(1.08))
+
+
+def test_steady_state_admits_on_the_draft_length_it_chose():
+    from dataclasses import replace
+
+    # Two branches vote as well as any more: the quickest of the best plans wins.
+    planner, loads = setup(SPEC_PAYS_SMALL, accuracy={"majority": [0.4] + [0.6] * 31, "single": [0.4]})
+    steady = Planner(planner.latency, steady_state=True)
+    # One request in flight, with 60 branches on the speculating pool. In the steady state
+    # (two requests) speculation is 3x faster at 4 sequences, so two branches there are the
+    # plan; but one branch there now decodes among 61 (70 ms a token: 7 s), and the idle
+    # plain pool it will not run on (1.06 s) does not admit it.
+    stream = {"recent_requests": 1.0, "cluster_active_requests": 1}
+    loads = {"spec": replace(loads["spec"], inflight_branches=60, active_requests=1, **stream),
+             "plain": replace(loads["plain"], **stream)}
+    calm = {**loads, "spec": replace(loads["spec"], inflight_branches=0, active_requests=0)}
+    chosen = steady.plan(request(1.2, method="majority"), calm)
+    assert (chosen.pool, chosen.num_branches) == ("spec", 2)
+    with pytest.raises(Infeasible):
+        steady.plan(request(1.2, method="majority"), loads)
+    # a fixed request for either pool is admitted on that pool's own test
+    assert planner.plan(request(1.2, method="majority", branches=1, num_speculative_tokens=0), loads).pool == "plain"
