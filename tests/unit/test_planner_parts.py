@@ -330,6 +330,29 @@ def test_learned_corrections_fade_when_nothing_refreshes_them():
     assert plan.predicted_s < 2
 
 
+def test_an_idle_pool_fades_to_the_speed_of_its_compute_group_not_to_the_profile():
+    clock = FakeClock()
+    curve = [SpeedCurve(num_speculative_tokens=0, concurrency=[1, 64], seconds_per_token=[0.01, 0.01],
+                        prefill_s=0.0)]
+    pools = {name: PoolProfile(model_id="m", curves=curve) for name in ("a", "b", "far")}
+    group = {"model_id": "m", "model_source": "x", "compute_group": "node"}
+    config = AppConfig.model_validate({"generators": [
+        {"name": "a", **group}, {"name": "b", **group}, {"name": "far", "model_id": "m", "model_source": "x"}]})
+    keeper = BudgetKeeper(config, ClusterProfile(device="x", pools=pools), None, ewma_alpha=0.5, clock=clock)
+    # The machine runs at half the profile's speed: every pool's one-branch band learned 2.
+    for load in keeper.loads.values():
+        load.speed_factors = {0: 2.0}
+    # Pool a keeps decoding at that speed (its branches teach it 2 again every second); b and
+    # far go idle for a minute (six half-lives).
+    for _ in range(60):
+        clock.now += 1
+        keeper._fade_speed_factors()
+        keeper.loads["a"].speed_factors[0] = 2.0
+    # b shares a's device: it rests at a's level; far is on its own device: back to the profile
+    assert keeper.loads["b"].speed_factors[0] == pytest.approx(2.0)
+    assert keeper.loads["far"].speed_factors[0] == pytest.approx(1 + 0.5 ** 6, abs=0.02)
+
+
 def test_keeper_margin_stays_fixed_when_not_adaptive():
     config = AppConfig.model_validate({
         "generators": [{"name": "a", "model_id": "m", "model_source": "x"}],

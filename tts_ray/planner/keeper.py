@@ -28,7 +28,7 @@ MARGIN_WINDOW = 100
 # moment (start-up compilation, a burst) would otherwise reject every request, so no request
 # would ever show that the moment has passed.
 MARGIN_MAX_AGE_S = 60.0
-SPEED_FACTOR_HALF_LIFE_S = 10.0  # without observations the speed factor halves its distance to 1
+SPEED_FACTOR_HALF_LIFE_S = 10.0  # without observations a speed factor halves its distance to its resting level
 MARGIN_MIN_OBSERVED = 5
 MAX_MERGE_MARGIN_S = 1.0
 # The latency correction: the median of actual / predicted work over each pool's requests of
@@ -315,12 +315,30 @@ class BudgetKeeper:
                      for q in SPREAD_QUANTILES)
 
     def _fade_speed_factors(self) -> None:
-        """Move each pool's speed factors towards 1 (the profile) by the time since it was
-        last updated: half the distance per ``SPEED_FACTOR_HALF_LIFE_S``."""
+        """Move each pool's speed factors towards their resting level by the time since they
+        last faded: half the distance per ``SPEED_FACTOR_HALF_LIFE_S``. A band's resting level
+        is 1 (the profile), or, on a pool of a compute group, the mean of the same band's
+        factors on the group's other pools that have one: pools time-sharing a device see
+        alike what the device does to them (a machine slower than the profile's, another
+        tenant), so an idle pool returns to the level its neighbours run at, not to a profile
+        that may be of a faster machine. Faded to 1, the idle pool looked faster than the busy
+        one beside it and took plans that it then ran slower, until its own factors rose
+        again (on the CPU testbed about half the steady-state plans of screening run s4 went
+        to the plain pool, whose fixed rows scored below the speculating pool's at every
+        budget)."""
         now = self.clock()
+        snapshot = {name: dict(load.speed_factors) for name, load in self.loads.items()}
         for name, load in self.loads.items():
             fade = 0.5 ** ((now - self.speed_updated_at[name]) / SPEED_FACTOR_HALF_LIFE_S)
-            load.speed_factors = {band: 1.0 + (f - 1.0) * fade for band, f in load.speed_factors.items()}
+            neighbours = [snapshot[other] for other, o in self.loads.items()
+                          if other != name and load.compute_group is not None
+                          and o.compute_group == load.compute_group]
+            faded = {}
+            for band, f in load.speed_factors.items():
+                levels = [factors[band] for factors in neighbours if band in factors]
+                rest = sum(levels) / len(levels) if levels else 1.0
+                faded[band] = rest + (f - rest) * fade
+            load.speed_factors = faded
             self.speed_updated_at[name] = now
 
     def _refresh_contention(self) -> None:
