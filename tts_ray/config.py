@@ -284,7 +284,17 @@ class RouterConfig(_Strict):
                                "without one, fit_first. (On the CPU testbed its plans scored as "
                                "well as the best fixed (B, k) on the problems it answered, but "
                                "it turned more requests away and was not closer overall, "
-                               "docs/architecture.md; hence not the default.)")
+                               "docs/architecture.md; hence not the default.) "
+                               "\"steady_state\": the plan a steady stream of requests planned "
+                               "alike would do best with, as one would choose a fixed (pool, B): "
+                               "each plan predicted as if every request in flight lately ran it on "
+                               "its pool (per-branch speed factors, no latency correction), ranked "
+                               "by expected accuracy as the deadline leaves it among those whose "
+                               "typical branch finishes there (else the quickest), the last choice "
+                               "held unless another is 2 points more accurate, and admitted as a "
+                               "fixed request of the chosen draft length (auto_load and "
+                               "auto_admission do not apply). Needs a calibration; without one, "
+                               "fit_first.")
     auto_load: Literal["arriving", "symmetric"] = Field(
         "arriving", description="(Experimental; \"symmetric\" is not the default: on the CPU testbed it "
                                 "brought auto closer to the best fixed plan at 1 s but far from it "

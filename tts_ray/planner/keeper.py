@@ -128,6 +128,8 @@ class BudgetKeeper:
         self.adaptive_margin = config.router.adaptive_merge_margin
         self.needed_margins: list[tuple[float, float]] = []  # (when, generation deadline -> answer) of cut requests
         self.speed_updated_at = dict.fromkeys(self.loads, self.clock())
+        # per pool and concurrency band: when a branch last taught the factor (see _fade_speed_factors)
+        self.band_observed_at: dict[str, dict[int, float]] = {name: {} for name in self.loads}
         self.recent_requests = 0.0  # EWMA of the requests in flight (all pools) at admissions
         self.correct_latency = config.router.latency_correction
         # per pool: (when, actual / predicted work) of recent requests; inf for one the deadline cut
@@ -325,12 +327,16 @@ class BudgetKeeper:
         one beside it and took plans that it then ran slower, until its own factors rose
         again (on the CPU testbed about half the steady-state plans of screening run s4 went
         to the plain pool, whose fixed rows scored below the speculating pool's at every
-        budget)."""
+        budget). Only factors a branch taught in the last half-life set a level: faded
+        towards each other, two idle pools would keep a band's last reading for ever (in
+        screening run s5 the stream then stayed on one branch at 1 s, where four did better)."""
         now = self.clock()
-        snapshot = {name: dict(load.speed_factors) for name, load in self.loads.items()}
+        live = {name: {band: f for band, f in load.speed_factors.items()
+                       if now - self.band_observed_at[name].get(band, -math.inf) <= SPEED_FACTOR_HALF_LIFE_S}
+                for name, load in self.loads.items()}
         for name, load in self.loads.items():
             fade = 0.5 ** ((now - self.speed_updated_at[name]) / SPEED_FACTOR_HALF_LIFE_S)
-            neighbours = [snapshot[other] for other, o in self.loads.items()
+            neighbours = [live[other] for other, o in self.loads.items()
                           if other != name and load.compute_group is not None
                           and o.compute_group == load.compute_group]
             faded = {}
@@ -378,7 +384,9 @@ class BudgetKeeper:
         # earlier branches and the fading have moved it since): how far off the plan's speed was
         self.speed_residuals[entry.pool] = (self.speed_residuals[entry.pool]
                                             + [(self.clock(), ratio / entry.speed_factor)])[-SPREAD_WINDOW:]
-        load.speed_factors[concurrency_band(entry.concurrency)] = current + self.ewma_alpha * (ratio - current)
+        band = concurrency_band(entry.concurrency)
+        load.speed_factors[band] = current + self.ewma_alpha * (ratio - current)
+        self.band_observed_at[entry.pool][band] = self.clock()
 
     def set_replicas(self, pool: str, replicas: int) -> None:
         """Follow autoscaling: the running replica count of ``pool``."""

@@ -156,9 +156,12 @@ class Planner:
     Steady state (``steady_state``, for calibrated auto plans): the plan is the one a steady
     stream of requests planned alike would do best with, as a fixed (pool, B) would be chosen:
     each candidate is predicted at the load of every request in flight lately running it on
-    its pool (``_steady_load``) and ranked by its expected accuracy as the deadline leaves it,
-    with no fit test (the accuracy already prices the branches the deadline cuts) and the
-    same admission as a fixed request. A plan that does not fit is ``expected_cut``.
+    its pool (``_steady_load``, without the latency correction) and, among those whose typical
+    branch finishes there, ranked by its expected accuracy as the deadline leaves it, with no
+    fit test for the longest branch (the accuracy already prices the branches the deadline
+    cuts); when none qualifies, the quickest. The last choice for the same kind of request is
+    held against small swings; admission is a fixed request's of the chosen draft length. A
+    plan that does not fit is ``expected_cut``.
 
     Admission (``Infeasible``, a 429): when one branch is predicted to miss the budget at the
     load in flight now, on every pool, without the latency correction. With
