@@ -613,25 +613,36 @@ def test_steady_state_runs_plans_the_deadline_is_expected_to_cut():
     assert plan.expected_accuracy > fit_first.expected_accuracy + 0.05
 
 
-def test_steady_state_holds_its_plan_against_small_swings_and_falls_back_to_the_quickest():
+def test_steady_state_holds_its_branch_count_against_small_swings_and_falls_back_to_the_quickest():
     from dataclasses import replace
 
-    # Two branches vote as well as any more: the quickest of the best plans wins a tie.
-    flat = {"majority": [0.4] + [0.6] * 31, "single": [0.4]}
-    planner, loads = setup(SPEC_NEVER_PAYS, accuracy=flat)
+    # A third branch adds a point, more add nothing.
+    votes = {"majority": [0.4, 0.6] + [0.61] * 30, "single": [0.4]}
+    planner, loads = setup(SPEC_NEVER_PAYS, accuracy=votes)
     stream = {"recent_requests": 7.0, "cluster_active_requests": 7}
     loads = {name: replace(load, **stream) for name, load in loads.items()}
-    # plain 30% slower than profiled: at 16 sequences 13.65 ms against speculation's 13 ms
-    slower = {**loads, "plain": replace(loads["plain"], speed_factors={b: 1.3 for b in range(8)})}
-    ask = request(3.0, method="majority")
-    assert Planner(planner.latency, steady_state=True).plan(ask, slower).pool == "spec"
+    ask = request(1.2, method="majority")
     steady = Planner(planner.latency, steady_state=True)
+    # 2 branches each (16 sequences, 10.5 ms) let a typical branch finish; 3 (24, 15.25 ms) not
     first = steady.plan(ask, loads)
     assert (first.pool, first.num_branches) == ("plain", 2)
-    # the same expected accuracy on the other pool, a little quicker: the held plan stays
-    assert (steady.plan(ask, slower).pool, steady.plan(ask, slower).num_branches) == ("plain", 2)
+    # the plain pool turns 30% faster: 3 branches each would finish too (10.7 ms), a point
+    # more accurate; planned afresh that is the plan, but the held 2 stay
+    faster = {**loads, "plain": replace(loads["plain"], speed_factors={b: 0.7 for b in range(8)})}
+    assert Planner(planner.latency, steady_state=True).plan(ask, faster).num_branches == 3
+    assert (steady.plan(ask, faster).pool, steady.plan(ask, faster).num_branches) == ("plain", 2)
     # another kind of request (its own budget) is planned afresh
-    assert steady.plan(request(2.9, method="majority"), slower).pool == "spec"
+    assert steady.plan(request(1.19, method="majority"), faster).num_branches == 3
+    # The pool is not held: two branches vote as well as any more here, the quickest pool wins
+    # a tie, and when the plain pool turns 30% slower than profiled (13.65 ms at 16 sequences
+    # against speculation's 13 ms) the stream moves to the speculating pool.
+    flat = {"majority": [0.4] + [0.6] * 31, "single": [0.4]}
+    planner, loads = setup(SPEC_NEVER_PAYS, accuracy=flat)
+    loads = {name: replace(load, **stream) for name, load in loads.items()}
+    slower = {**loads, "plain": replace(loads["plain"], speed_factors={b: 1.3 for b in range(8)})}
+    steady = Planner(planner.latency, steady_state=True)
+    assert steady.plan(request(3.0, method="majority"), loads).pool == "plain"
+    assert steady.plan(request(3.0, method="majority"), slower).pool == "spec"
     # No typical branch finishes at 1.07 s in the steady state (one branch each is 8 sequences,
     # 10.2 ms: 1.08 s), though one alone would (1.06 s, so no 429): the quickest plan, one
     # branch on the plain pool.

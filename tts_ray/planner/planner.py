@@ -388,9 +388,9 @@ class Planner:
         typical branch (the expected length of one) finishes when every request in flight
         lately runs the plan too (``_steady_load``), the one of highest expected accuracy as the
         deadline leaves it; no fit test for the longest branch (the accuracy prices the
-        branches the deadline cuts). When none qualifies, the quickest. The plan chosen last
-        for the same kind of request is kept unless another is expected to be more accurate by
-        more than ``STEADY_SWITCH_ACCURACY``. Admission as for a fixed request of the chosen
+        branches the deadline cuts). When none qualifies, the quickest. The B chosen last for
+        the same kind of request is kept on the same pool unless another is expected to be more
+        accurate by more than ``STEADY_SWITCH_ACCURACY``. Admission as for a fixed request of the chosen
         draft length (one branch on a pool of its model and k, at the load in flight now,
         without the latency correction).
 
@@ -433,13 +433,17 @@ class Planner:
                     key = (typical_fits, round(accuracy, 4) if typical_fits else 0.0, -prediction.needed_s)
                     ranked[name, method, branches] = (key, prediction, accuracy, share)
         choice = max(ranked, key=lambda c: ranked[c][0])
-        # Hold the last choice against small swings of the live speed factors: a stream that
-        # moves between near-equal plans (and pools) is not the steady state it was planned for.
-        # Only among plans whose typical branch finishes; the quickest is not held.
+        # Hold the last choice's B against small swings of the live speed factors: a stream
+        # that moves between near-equal plans is not the steady state it was planned for. Only
+        # on the pool the ranking chose and among plans whose typical branch finishes. Held
+        # across pools, where one branch finishes on either pool (so the two tie on accuracy)
+        # nothing moves a stream off the slower one: in the first repeat of a run of b0214ba
+        # (stopped, its plans not recorded) auto scored 36.2% at 1 s, as the fixed k = 0 row
+        # did, against 41.0% for one branch on the speculating pool.
         kind = (request.model_id, request.method, request.branches, request.num_speculative_tokens,
                 round(request.budget_s, 3), request.max_tokens, request.early_stop_window, request.scored_available)
         held = self._steady_held.get(kind)
-        if held in ranked and ranked[held][0][0] and ranked[choice][0][0] and \
+        if held in ranked and held[0] == choice[0] and ranked[held][0][0] and ranked[choice][0][0] and \
                 ranked[choice][2] - ranked[held][2] <= STEADY_SWITCH_ACCURACY:
             choice = held
         if len(self._steady_held) >= STEADY_KINDS_KEPT and kind not in self._steady_held:
@@ -447,11 +451,11 @@ class Planner:
         self._steady_held[kind] = choice
         name, method, branches = choice
         _, prediction, accuracy, share = ranked[choice]
+        load = profiled[name]
         # Admitted as a fixed request of the chosen draft length: one branch must make it on a
         # pool of that model and k. Judged on every pool, an idle pool the plan does not run on
         # let every request through (screening run s4 at 0.5 s: no 429, 437 of 500 answered cut,
         # where the fixed one-branch row of the same pool turned 86 away).
-        load = profiled[name]
         single_s, _ = self._quickest_single(request, {
             n: p for n, p in profiled.items()
             if p.model_id == load.model_id and p.num_speculative_tokens == load.num_speculative_tokens})
@@ -459,7 +463,7 @@ class Planner:
             wait_s = max(1.0, math.ceil(single_s - request.budget_s))
             raise Infeasible(f"latency_budget_s={request.budget_s:g} cannot be met: one branch is "
                              f"predicted to take {single_s:.2f}s now", wait_s, single_s)
-        return self._make_plan(request, profiled[name], name, method, branches, prediction, accuracy, True,
+        return self._make_plan(request, load, name, method, branches, prediction, accuracy, True,
                                share, len(ranked), expected_cut=prediction.needed_s > request.budget_s)
 
     def _quickest_single(self, request: PlanRequest, profiled: dict[str, PoolLoad]) -> tuple[float, str]:
