@@ -304,11 +304,12 @@ def test_extra_branches_buy_no_insurance_when_lengths_are_set_by_the_problem():
     assert measured.expected_accuracy == pytest.approx(0.25 + 0.25 * (144 - 40) / (160 - 40))
 
 
-def test_ranking_by_expected_accuracy_runs_plans_the_deadline_is_expected_to_cut():
+def short_and_long_problems():
+    """Half the problems take 50 tokens a branch, half 150, on one plain pool: a deadline
+    between the two loses the long problems whatever B is, and the short ones still gain from
+    voting. Returns (majority accuracy per B, the latency model)."""
     from tts_ray.planner.calibration import TokenLimitedAccuracy
 
-    # Half the problems take 50 tokens a branch, half 150. A deadline between the two loses the
-    # long problems whatever B is, and the short ones still gain from voting.
     majority = [0.4 + 0.35 * (1 - 0.8 ** b) for b in range(1, 17)]
     table = TokenLimitedAccuracy(tokens=[50, 150, 200], accuracy={"majority": [[a / 2, a, a] for a in majority]})
     model = ModelCalibration(accuracy={"majority": majority, "single": [0.4]}, lengths=[50] * 50 + [150] * 50,
@@ -316,7 +317,11 @@ def test_ranking_by_expected_accuracy_runs_plans_the_deadline_is_expected_to_cut
     calibration = Calibration(dataset="s", problems=2, samples_per_problem=16, temperature=0.7, models={"m": model})
     profile = ClusterProfile(device="synthetic", pools={
         "plain": PoolProfile(model_id="m", num_speculative_tokens=0, curves=[curve(0, FLAT_THEN_STEEP)])})
-    latency = LatencyModel(profile, calibration, merge_margin_s=0.05)
+    return majority, LatencyModel(profile, calibration, merge_margin_s=0.05)
+
+
+def test_ranking_by_expected_accuracy_runs_plans_the_deadline_is_expected_to_cut():
+    majority, latency = short_and_long_problems()
     loads = {"plain": PoolLoad("m", 0, replicas=1, slots_per_replica=64)}
     ask = request(1.3, method="majority")
     # Fit first: one branch (10 ms prefill + 100 tokens expected x 10 ms + 50 ms merge = 1.06 s)
@@ -342,7 +347,7 @@ def test_ranking_by_expected_accuracy_runs_plans_the_deadline_is_expected_to_cut
                                                         loads).num_branches == 2
     # Uncalibrated, there is no expected accuracy to rank by: the fit comes first as before
     # (every branch expected at max_tokens, 200: 17 branches fit 2.3 s, 2.28 s, as without it).
-    uncalibrated = LatencyModel(profile, None, merge_margin_s=0.05)
+    uncalibrated = LatencyModel(latency.profile, None, merge_margin_s=0.05)
     plain = Planner(uncalibrated).plan(request(2.3, method="majority"), loads)
     assert plain.num_branches == 17
     assert Planner(uncalibrated, rank_by_accuracy=True).plan(request(2.3, method="majority"),
@@ -586,18 +591,7 @@ def test_steady_state_plans_as_if_every_request_ran_the_plan():
 
 
 def test_steady_state_runs_plans_the_deadline_is_expected_to_cut():
-    from tts_ray.planner.calibration import TokenLimitedAccuracy
-
-    # Half the problems take 50 tokens a branch, half 150 (as in the ranking test above): the
-    # long problems are lost below 150 tokens whatever B is, and the short ones gain from voting.
-    majority = [0.4 + 0.35 * (1 - 0.8 ** b) for b in range(1, 17)]
-    table = TokenLimitedAccuracy(tokens=[50, 150, 200], accuracy={"majority": [[a / 2, a, a] for a in majority]})
-    model = ModelCalibration(accuracy={"majority": majority, "single": [0.4]}, lengths=[50] * 50 + [150] * 50,
-                             max_tokens=200, accuracy_by_tokens=table)
-    calibration = Calibration(dataset="s", problems=2, samples_per_problem=16, temperature=0.7, models={"m": model})
-    profile = ClusterProfile(device="synthetic", pools={
-        "plain": PoolProfile(model_id="m", num_speculative_tokens=0, curves=[curve(0, FLAT_THEN_STEEP)])})
-    latency = LatencyModel(profile, calibration, merge_margin_s=0.05)
+    majority, latency = short_and_long_problems()
     loads = {"plain": PoolLoad("m", 0, replicas=1, slots_per_replica=64, recent_requests=3.0)}
     ask = request(1.12, method="majority")
     # Fit first: one branch (10 ms + 100 expected tokens x 10 ms + 50 ms = 1.06 s) is the only
