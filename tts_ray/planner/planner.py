@@ -159,9 +159,9 @@ class Planner:
     its pool (``_steady_load``, without the latency correction) and, among those whose typical
     branch finishes there, ranked by its expected accuracy as the deadline leaves it, with no
     fit test for the longest branch (the accuracy already prices the branches the deadline
-    cuts); when none qualifies, the quickest. The last choice for the same kind of request is
-    held against small swings; admission is a fixed request's of the chosen draft length. A
-    plan that does not fit is ``expected_cut``.
+    cuts); when none qualifies, the quickest. The last B for the same kind of request is held
+    on the pool chosen against small swings; admission is a fixed request's of the chosen
+    draft length. A plan that does not fit is ``expected_cut``.
 
     Admission (``Infeasible``, a 429): when one branch is predicted to miss the budget at the
     load in flight now, on every pool, without the latency correction. With
