@@ -290,8 +290,9 @@ class RouterConfig(_Strict):
                                "each plan predicted as if every request in flight lately ran it on "
                                "its pool (per-branch speed factors, no latency correction), ranked "
                                "by expected accuracy as the deadline leaves it among those whose "
-                               "typical branch finishes there (else the quickest), the last choice "
-                               "held unless another is 2 points more accurate, and admitted as a "
+                               "typical branch finishes there (else the quickest), the last B held "
+                               "on the pool chosen unless another is 2 points more accurate, and "
+                               "admitted as a "
                                "fixed request of the chosen draft length (auto_load and "
                                "auto_admission do not apply). Needs a calibration; without one, "
                                "fit_first.")

@@ -368,11 +368,7 @@ class Planner:
             # Fixed B > 1 was asked for: check that one branch could still make it.
             quickest_single = (0.0, *self._quickest_single(request, profiled))
         _, single_s, _ = quickest_single
-        if single_s > request.budget_s:
-            wait_s = max(1.0, math.ceil(single_s - request.budget_s))
-            where = " where it costs the requests in flight least" if weigh else ""
-            raise Infeasible(f"latency_budget_s={request.budget_s:g} cannot be met: one branch is "
-                             f"predicted to take {single_s:.2f}s now{where}", wait_s, single_s)
+        self._check_one_branch(request, single_s, " where it costs the requests in flight least" if weigh else "")
         if check_fit_now and least_fitted_s > request.budget_s:
             wait_s = max(1.0, math.ceil(least_fitted_s - request.budget_s))
             raise Infeasible(f"latency_budget_s={request.budget_s:g} cannot be met: no plan fits at the "
@@ -389,10 +385,10 @@ class Planner:
         lately runs the plan too (``_steady_load``), the one of highest expected accuracy as the
         deadline leaves it; no fit test for the longest branch (the accuracy prices the
         branches the deadline cuts). When none qualifies, the quickest. The B chosen last for
-        the same kind of request is kept on the same pool unless another is expected to be more
-        accurate by more than ``STEADY_SWITCH_ACCURACY``. Admission as for a fixed request of the chosen
-        draft length (one branch on a pool of its model and k, at the load in flight now,
-        without the latency correction).
+        the same kind of request is kept on the same pool unless another is expected to be
+        more accurate by more than ``STEADY_SWITCH_ACCURACY``. Admission as for a fixed request
+        of the chosen draft length (one branch on a pool of its model and k, at the load in
+        flight now, without the latency correction).
 
         Raises:
             Infeasible: one branch is predicted to miss the budget on every pool of the chosen
@@ -459,12 +455,21 @@ class Planner:
         single_s, _ = self._quickest_single(request, {
             n: p for n, p in profiled.items()
             if p.model_id == load.model_id and p.num_speculative_tokens == load.num_speculative_tokens})
+        self._check_one_branch(request, single_s)
+        return self._make_plan(request, load, name, method, branches, prediction, accuracy, True,
+                               share, len(ranked), expected_cut=prediction.needed_s > request.budget_s)
+
+    @staticmethod
+    def _check_one_branch(request: PlanRequest, single_s: float, where: str = "") -> None:
+        """The 429 test: one branch predicted to take ``single_s`` must meet the budget.
+
+        Raises:
+            Infeasible: it does not, with Retry-After the whole seconds it is over (at least 1).
+        """
         if single_s > request.budget_s:
             wait_s = max(1.0, math.ceil(single_s - request.budget_s))
             raise Infeasible(f"latency_budget_s={request.budget_s:g} cannot be met: one branch is "
-                             f"predicted to take {single_s:.2f}s now", wait_s, single_s)
-        return self._make_plan(request, load, name, method, branches, prediction, accuracy, True,
-                               share, len(ranked), expected_cut=prediction.needed_s > request.budget_s)
+                             f"predicted to take {single_s:.2f}s now{where}", wait_s, single_s)
 
     def _quickest_single(self, request: PlanRequest, profiled: dict[str, PoolLoad]) -> tuple[float, str]:
         """(seconds, pool) of the quickest one branch at the load in flight now, without the
