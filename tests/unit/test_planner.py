@@ -637,6 +637,13 @@ def test_steady_state_holds_its_branch_count_against_small_swings_and_falls_back
     steady = Planner(planner.latency, steady_state=True)
     assert steady.plan(request(3.0, method="majority"), loads).pool == "plain"
     assert steady.plan(request(3.0, method="majority"), slower).pool == "spec"
+    # On one device (a compute group), with the stream on the plain pool now: the idle
+    # speculating pool is priced as if the stream ran there alone, not beside its present
+    # self (30% slower for the busy plain pool: 16.9 ms, which would keep it on plain).
+    shared = {"compute_group": "node", "group_slowdown": 0.3}
+    on_plain = {"spec": replace(loads["spec"], co_busy=1, **shared),
+                "plain": replace(slower["plain"], inflight_branches=14, active_requests=7, **shared)}
+    assert Planner(planner.latency, steady_state=True).plan(request(3.0, method="majority"), on_plain).pool == "spec"
     # No typical branch finishes at 1.07 s in the steady state (one branch each is 8 sequences,
     # 10.2 ms: 1.08 s), though one alone would (1.06 s, so no 429): the quickest plan, one
     # branch on the plain pool.

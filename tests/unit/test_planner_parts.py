@@ -361,6 +361,28 @@ def test_an_idle_pool_fades_to_the_speed_of_its_compute_group_not_to_the_profile
     assert keeper.loads["b"].speed_factors[0] < 1.1
 
 
+def test_an_idle_pool_of_a_compute_group_takes_the_speed_spread_of_the_group():
+    curves = [SpeedCurve(num_speculative_tokens=k, concurrency=[1, 64], seconds_per_token=[0.01, 0.01],
+                         prefill_s=0.0) for k in (0, 4)]
+    pools = {name: PoolProfile(model_id="m", curves=curves) for name in ("a", "b", "far")}
+    spec = {"method": "ngram", "num_speculative_tokens": 4}
+    config = AppConfig.model_validate({"generators": [
+        {"name": "a", "model_id": "m", "model_source": "x", "compute_group": "node"},
+        {"name": "b", "model_id": "m", "model_source": "x", "compute_group": "node", "speculative": spec},
+        {"name": "far", "model_id": "m", "model_source": "x", "speculative": spec}]})
+    keeper = BudgetKeeper(config, ClusterProfile(device="x", pools=pools), None, clock=FakeClock())
+    # 30 one-branch requests for k = 0 (pool a), 0.7, 1 and 2 times as slow as planned in turn
+    one = PlanRequest(budget_s=10, max_tokens=100, method="majority", branches=1, num_speculative_tokens=0)
+    for i in range(30):
+        assert keeper.admit(f"r{i}", one).pool == "a"
+        keeper.release(f"r{i}", [BranchObservation(num_tokens=100, elapsed_s=(0.7, 1.0, 2.0)[i % 3])])
+    spread = keeper.status()["pools"]
+    assert spread["a"]["speed_spread"][-1] > 1.5
+    # b shares a's device and has no branches of its own: a's spread; far is on its own: none
+    assert spread["b"]["speed_spread"] == spread["a"]["speed_spread"]
+    assert spread["far"]["speed_spread"] == [1.0]
+
+
 def test_keeper_margin_stays_fixed_when_not_adaptive():
     config = AppConfig.model_validate({
         "generators": [{"name": "a", "model_id": "m", "model_source": "x"}],

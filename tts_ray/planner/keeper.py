@@ -308,9 +308,22 @@ class BudgetKeeper:
     def _speed_spread(self, pool: str, now: float) -> tuple[float, ...]:
         """The pool's speed spread (see SPREAD_*): (1.0,) when off or with too few recent
         branches. Over the median, because the bias is the speed factors' and the latency
-        correction's to remove; this is only how far the speed strays about it."""
+        correction's to remove; this is only how far the speed strays about it.
+
+        A pool of a compute group with too few recent branches of its own takes the spread of
+        the group's recent branches (all its pools'), as its speed factors fade to the group's
+        (``_fade_speed_factors``): what strays the speed on a shared device (the other
+        tenants, the machine) strays it for the idle pool too. With (1.0,), an idle pool's
+        plans were priced without the slow tail that the busy pool's were priced with, and
+        looked the more accurate for it."""
+        if not self.plan_for_spread:
+            return (1.0,)
+        group = self.loads[pool].compute_group
         recent = [r for at, r in self.speed_residuals[pool] if now - at <= SPREAD_MAX_AGE_S]
-        if not self.plan_for_spread or len(recent) < SPREAD_MIN_OBSERVED:
+        if len(recent) < SPREAD_MIN_OBSERVED and group is not None:
+            recent = [r for name, load in self.loads.items() if load.compute_group == group
+                      for at, r in self.speed_residuals[name] if now - at <= SPREAD_MAX_AGE_S]
+        if len(recent) < SPREAD_MIN_OBSERVED:
             return (1.0,)
         median = percentile(recent, 50)
         return tuple(round(min(max(percentile(recent, q) / median, SPREAD_RANGE[0]), SPREAD_RANGE[1]), 4)
