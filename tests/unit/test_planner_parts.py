@@ -485,7 +485,19 @@ def test_the_keeper_learns_speed_from_branches_stopped_at_the_deadline_too():
     finished = Branch(text="x", answer="1", num_tokens=50, finish_reason="stop", elapsed_s=1.0)
     stopped = Branch(text="x", answer=None, num_tokens=30, finish_reason="deadline", elapsed_s=2.0)
     cancelled = Branch(text="", answer=None, num_tokens=0, finish_reason=None)
-    assert [o["num_tokens"] for o in observations_of([finished, stopped, cancelled])] == [50, 30]
+    observed = observations_of([finished, stopped, cancelled])
+    assert [(o["num_tokens"], o["stopped"]) for o in observed] == [(50, False), (30, True)]
+    # Short branches: one that finished in 3 tokens says little about decode speed (its time
+    # is mostly queueing and prefill); one the deadline stopped at 3 tokens after 1.5 s ran
+    # slow, and its band learns it (capped at 5x the profile's 0.01 s a token).
+    keeper = _keeper()
+    one = PlanRequest(budget_s=10, max_tokens=100, method="majority", branches=1)
+    keeper.admit("short", one)
+    keeper.release("short", [BranchObservation(num_tokens=3, elapsed_s=1.5)])
+    assert keeper.loads["a"].speed_factors == {}
+    keeper.admit("cut", one)
+    keeper.release("cut", [BranchObservation(num_tokens=3, elapsed_s=1.5, stopped=True)])
+    assert keeper.loads["a"].speed_factor_at(1) == pytest.approx(1 + 0.5 * (5.0 - 1))  # EWMA, alpha 0.5
 
 
 def test_paired_early_stop_replays_the_rule_on_a_runs_own_branches():

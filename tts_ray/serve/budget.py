@@ -86,5 +86,6 @@ def observations_of(branches) -> list[dict[str, Any]]:
     token count and are left out."""
     return [asdict(BranchObservation(num_tokens=b.num_tokens, elapsed_s=b.elapsed_s or 0.0,
                                      spec_accepted_tokens=b.spec_accepted_tokens,
-                                     spec_verify_steps=b.spec_verify_steps))
+                                     spec_verify_steps=b.spec_verify_steps,
+                                     stopped=b.finish_reason == "deadline"))
             for b in branches if b.finish_reason is not None and b.elapsed_s and b.num_tokens]
