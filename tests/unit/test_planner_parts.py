@@ -193,8 +193,10 @@ def test_the_live_speed_factor_is_learned_per_concurrency_band():
     assert load.speed_factor_at(8) == pytest.approx(2.5)
     assert load.speed_factor_at(4) == pytest.approx(2.5)  # the band next to it borrows
     assert load.speed_factor_at(16) == pytest.approx(2.5)
-    assert load.speed_factor_at(1) == 1.0  # two bands away or more: the profile, not a distant load
-    assert load.speed_factor_at(64) == 1.0
+    assert load.speed_factor_at(1) == 1.0  # two bands below or more: the profile, not a distant load
+    # above every learned band: the highest one below it, carried up (the machine slower than
+    # the profile at 8 sequences is not faster at 64)
+    assert load.speed_factor_at(64) == pytest.approx(2.5)
     for i in range(2):  # one branch, twice as slow as profiled, twice
         keeper.admit(f"one{i}", PlanRequest(budget_s=100, max_tokens=100, method="majority", branches=1))
         keeper.release(f"one{i}", [BranchObservation(num_tokens=100, elapsed_s=2.0)])
@@ -359,6 +361,29 @@ def test_an_idle_pool_fades_to_the_speed_of_its_compute_group_not_to_the_profile
         keeper._fade_speed_factors()
     assert keeper.loads["a"].speed_factors[0] == pytest.approx(keeper.loads["b"].speed_factors[0], abs=0.05)
     assert keeper.loads["b"].speed_factors[0] < 1.1
+
+
+def test_a_band_the_stream_left_fades_to_the_band_below_it_not_to_the_profile():
+    keeper = _keeper()
+    clock, load = keeper.clock, keeper.loads["a"]
+    # The machine runs 3.7 times slower than the profile at 5 to 8 sequences, where the stream
+    # decodes now (band 3, taught every second); a plan of 16 once ran at band 4, 4 times slow;
+    # band 0 (one branch alone) was last seen at 2.
+    load.speed_factors = {0: 2.0, 3: 3.7, 4: 4.0}
+    for _ in range(60):  # six half-lives
+        clock.now += 1
+        keeper._fade_speed_factors()
+        load.speed_factors[3] = 3.7
+        keeper.band_observed_at["a"][3] = clock.now
+    # band 4 rests at band 3's factor: faded to the profile's 1 it would make the plan of 16
+    # look fast again; band 0 is below the live band: back to the profile
+    assert load.speed_factors[4] == pytest.approx(3.7, abs=0.01)
+    assert load.speed_factors[0] == pytest.approx(1 + 0.5 ** 6, abs=0.02)
+    # Once nothing decodes, no band sets a level: all return to the profile.
+    for _ in range(60):
+        clock.now += 1
+        keeper._fade_speed_factors()
+    assert max(load.speed_factors.values()) < 1.1
 
 
 def test_an_idle_pool_of_a_compute_group_takes_the_speed_spread_of_the_group():

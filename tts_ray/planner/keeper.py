@@ -14,7 +14,13 @@ from tts_ray.config import AppConfig
 from tts_ray.eval.stats import percentile
 from tts_ray.planner.calibration import Calibration
 from tts_ray.planner.early_stop import wave_sizes
-from tts_ray.planner.latency import LatencyModel, PoolLoad, concurrency_band, live_seconds_per_token
+from tts_ray.planner.latency import (
+    LatencyModel,
+    PoolLoad,
+    carried_factor,
+    concurrency_band,
+    live_seconds_per_token,
+)
 from tts_ray.planner.planner import InFlight, Plan, Planner, PlanRequest
 from tts_ray.planner.profile import ClusterProfile
 
@@ -343,7 +349,15 @@ class BudgetKeeper:
         to the plain pool, whose fixed rows scored below the speculating pool's at every
         budget). Only factors a branch taught in the last half-life set a level: faded
         towards each other, two idle pools would keep a band's last reading for ever (in
-        screening run s5 the stream then stayed on one branch at 1 s, where four did better)."""
+        screening run s5 the stream then stayed on one branch at 1 s, where four did better).
+
+        Without such neighbours, a band above one a branch taught in the last half-life rests
+        at that band's factor (the highest such band below it: ``carried_factor``), not at the
+        profile: the machine that runs 3.7 times slower than the profile at 8 sequences does
+        not run at the profile's speed at 16. Faded to the profile, the band of a larger plan
+        that the stream had left made that plan look fast again within a minute, and the
+        stream tried it, and the deadline cut it, every 40 s or so (run u2 at 1 s: 11 plans
+        of 7 to 9 branches among 443 of one branch, each slowing the requests beside it)."""
         now = self.clock()
         live = {name: {band: f for band, f in load.speed_factors.items()
                        if now - self.band_observed_at[name].get(band, -math.inf) <= SPEED_FACTOR_HALF_LIFE_S}
@@ -356,7 +370,11 @@ class BudgetKeeper:
             faded = {}
             for band, f in load.speed_factors.items():
                 levels = [factors[band] for factors in neighbours if band in factors]
-                rest = sum(levels) / len(levels) if levels else 1.0
+                if levels:
+                    rest = sum(levels) / len(levels)
+                else:
+                    carried = carried_factor(live[name], band)
+                    rest = 1.0 if carried is None else carried
                 faded[band] = rest + (f - rest) * fade
             load.speed_factors = faded
             self.speed_updated_at[name] = now

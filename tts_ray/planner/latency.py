@@ -51,12 +51,20 @@ class PoolLoad:
         the load: a factor learned while 16-branch requests overran the engine (4.8x on the
         testbed) says nothing about one branch alone, and as one number it sent the next
         requests to the other pool. For the same reason a band never borrows from a band two
-        or more steps away: the profile is the better guess there."""
+        or more steps *above* it: the profile is the better guess there.
+
+        With no band next to it, a band above every learned one takes the factor of the
+        highest learned band below it (``carried_factor``): a machine slower than the profile
+        at 8 sequences is not faster at 64, and read at the profile's speed the unlearned
+        bands made the plans that would run there look fast."""
         band = concurrency_band(concurrency)
         if band in self.speed_factors:
             return self.speed_factors[band]
         neighbours = [self.speed_factors[b] for b in (band - 1, band + 1) if b in self.speed_factors]
-        return sum(neighbours) / len(neighbours) if neighbours else 1.0
+        if neighbours:
+            return sum(neighbours) / len(neighbours)
+        carried = carried_factor(self.speed_factors, band)
+        return 1.0 if carried is None else carried
 
     @property
     def contention(self) -> float:
@@ -64,6 +72,16 @@ class PoolLoad:
         ``group_slowdown`` for each busy pool of its compute group (with 1.0, n engines
         time-sharing a device each get 1/n of it)."""
         return 1 + self.group_slowdown * self.co_busy
+
+
+def carried_factor(factors: dict[int, float], band: int) -> float | None:
+    """The factor of the highest band below ``band`` among ``factors`` (band -> factor), or
+    None when none is below: what a band nothing has taught rests at (see
+    ``PoolLoad.speed_factor_at``). Only carried upwards: a batch of 16 overrunning the engine
+    says nothing about one branch alone, but one branch decoding slower than the profile
+    says the machine is slower for the batches above it too."""
+    below = [b for b in factors if b < band]
+    return factors[max(below)] if below else None
 
 
 def live_seconds_per_token(curve, load: PoolLoad, concurrency: int) -> float:
