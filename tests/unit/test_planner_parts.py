@@ -363,27 +363,44 @@ def test_an_idle_pool_fades_to_the_speed_of_its_compute_group_not_to_the_profile
     assert keeper.loads["b"].speed_factors[0] < 1.1
 
 
-def test_a_band_the_stream_left_fades_to_the_band_below_it_not_to_the_profile():
+def test_a_band_the_stream_left_fades_to_the_live_band_nearest_it_not_to_the_profile():
     keeper = _keeper()
     clock, load = keeper.clock, keeper.loads["a"]
     # The machine runs 3.7 times slower than the profile at 5 to 8 sequences, where the stream
-    # decodes now (band 3, taught every second); a plan of 16 once ran at band 4, 4 times slow;
-    # band 0 (one branch alone) was last seen at 2.
-    load.speed_factors = {0: 2.0, 3: 3.7, 4: 4.0}
+    # decodes now (band 3, taught every second); a plan of 16 once ran at band 4, 4 times slow,
+    # band 5 at 2.0, and band 0 (one branch alone) was last seen at 2.
+    load.speed_factors = {0: 2.0, 3: 3.7, 4: 4.0, 5: 2.0}
     for _ in range(60):  # six half-lives
         clock.now += 1
         keeper._fade_speed_factors()
         load.speed_factors[3] = 3.7
         keeper.band_observed_at["a"][3] = clock.now
-    # band 4 rests at band 3's factor: faded to the profile's 1 it would make the plan of 16
-    # look fast again; band 0 is below the live band: back to the profile
+    # every band rests at the live band's factor: faded to the profile's 1, band 5 would make
+    # the plan of 32 look fast again, and band 0 would make one branch look fast
     assert load.speed_factors[4] == pytest.approx(3.7, abs=0.01)
-    assert load.speed_factors[0] == pytest.approx(1 + 0.5 ** 6, abs=0.02)
+    assert load.speed_factors[5] == pytest.approx(3.7 - 1.7 * 0.5 ** 6, abs=0.02)
+    assert load.speed_factors[0] == pytest.approx(3.7 - 1.7 * 0.5 ** 6, abs=0.02)
     # Once nothing decodes, no band sets a level: all return to the profile.
     for _ in range(60):
         clock.now += 1
         keeper._fade_speed_factors()
     assert max(load.speed_factors.values()) < 1.1
+
+
+def test_an_idle_pool_fades_to_the_nearest_live_band_of_its_group():
+    keeper = _shared_keeper()
+    clock, a, b = keeper.clock, keeper.loads["a"], keeper.loads["b"]
+    # the stream decodes on pool a at band 3 (3 times slow); pool b last ran a plan at band 5
+    a.speed_factors, b.speed_factors = {3: 3.0}, {3: 1.0, 5: 1.0}
+    for _ in range(60):
+        clock.now += 1
+        keeper._fade_speed_factors()
+        a.speed_factors[3] = 3.0
+        keeper.band_observed_at["a"][3] = clock.now
+    # band 3: the neighbour's same band; band 5, which a has not taught: a's nearest live band,
+    # not the profile (which made b's larger plans look faster than a's)
+    assert b.speed_factors[3] == pytest.approx(3.0, abs=0.05)
+    assert b.speed_factors[5] == pytest.approx(3.0, abs=0.05)
 
 
 def test_an_idle_pool_of_a_compute_group_takes_the_speed_spread_of_the_group():

@@ -351,13 +351,20 @@ class BudgetKeeper:
         towards each other, two idle pools would keep a band's last reading for ever (in
         screening run s5 the stream then stayed on one branch at 1 s, where four did better).
 
-        Without such neighbours, a band above one a branch taught in the last half-life rests
-        at that band's factor (the highest such band below it: ``carried_factor``), not at the
+        Without such neighbours, a band rests at the nearest band a branch taught in the last
+        half-life (``carried_factor``: the highest one below it first), on its own pool, else
+        on the group's other pools (their mean per band), and only with none at all at the
         profile: the machine that runs 3.7 times slower than the profile at 8 sequences does
-        not run at the profile's speed at 16. Faded to the profile, the band of a larger plan
-        that the stream had left made that plan look fast again within a minute, and the
-        stream tried it, and the deadline cut it, every 40 s or so (run u2 at 1 s: 11 plans
-        of 7 to 9 branches among 443 of one branch, each slowing the requests beside it)."""
+        not run at the profile's speed at 16, nor at 4. Faded to the profile, the band of a
+        larger plan that the stream had left made that plan look fast again within a minute,
+        and the stream tried it, and the deadline cut it, every 40 s or so (run u2 at 1 s: 11
+        plans of 7 to 9 branches among 443 of one branch, each slowing the requests beside it);
+        faded so, the bands below the stream's made the smaller plans look fast (screening run
+        v1 at 2 s, with the bands above carried: the stream went from four branches on spec to
+        one for 150 requests in a row, 37.2% against 42.2% for four), and the idle pool's
+        bands that its neighbour had not taught made its larger plans look fast (v1 at 2 s:
+        four and five branches on the plain pool).
+        """
         now = self.clock()
         live = {name: {band: f for band, f in load.speed_factors.items()
                        if now - self.band_observed_at[name].get(band, -math.inf) <= SPEED_FACTOR_HALF_LIFE_S}
@@ -367,13 +374,17 @@ class BudgetKeeper:
             neighbours = [live[other] for other, o in self.loads.items()
                           if other != name and load.compute_group is not None
                           and o.compute_group == load.compute_group]
+            # the group's other pools' live factors, averaged per band
+            group_live = {band: sum(f[band] for f in neighbours if band in f) / sum(band in f for f in neighbours)
+                          for band in {b for f in neighbours for b in f}}
             faded = {}
             for band, f in load.speed_factors.items():
-                levels = [factors[band] for factors in neighbours if band in factors]
-                if levels:
-                    rest = sum(levels) / len(levels)
+                if band in group_live:
+                    rest = group_live[band]
                 else:
                     carried = carried_factor(live[name], band)
+                    if carried is None:
+                        carried = carried_factor(group_live, band)
                     rest = 1.0 if carried is None else carried
                 faded[band] = rest + (f - rest) * fade
             load.speed_factors = faded

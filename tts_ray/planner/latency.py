@@ -47,23 +47,22 @@ class PoolLoad:
     def speed_factor_at(self, concurrency: int) -> float:
         """The live correction at ``concurrency`` sequences per replica: the factor learned in
         its band (``concurrency_band``); else the mean of the factors learned in the bands
-        right next to it; else 1 (the profile). Banded because the profile's error depends on
-        the load: a factor learned while 16-branch requests overran the engine (4.8x on the
-        testbed) says nothing about one branch alone, and as one number it sent the next
-        requests to the other pool. For the same reason a band never borrows from a band two
-        or more steps *above* it: the profile is the better guess there.
-
-        With no band next to it, a band above every learned one takes the factor of the
-        highest learned band below it (``carried_factor``): a machine slower than the profile
-        at 8 sequences is not faster at 64, and read at the profile's speed the unlearned
-        bands made the plans that would run there look fast."""
+        right next to it; else the highest learned band's below it (``carried_factor``); else
+        1 (the profile). Banded because the profile's error depends on the load: a factor
+        learned while 16-branch requests overran the engine (4.8x on the testbed) says nothing
+        about one branch alone, and as one number it sent the next requests to the other pool.
+        For the same reason a band never borrows from a band two or more steps *above* it: the
+        profile is the better guess there. Carried upwards because a machine slower than the
+        profile at 8 sequences is not faster at 64: read at the profile's speed, the unlearned
+        bands made the plans that would run there look fast. (A band taught once and left
+        fades otherwise: ``BudgetKeeper._fade_speed_factors``.)"""
         band = concurrency_band(concurrency)
         if band in self.speed_factors:
             return self.speed_factors[band]
         neighbours = [self.speed_factors[b] for b in (band - 1, band + 1) if b in self.speed_factors]
         if neighbours:
             return sum(neighbours) / len(neighbours)
-        carried = carried_factor(self.speed_factors, band)
+        carried = carried_factor(self.speed_factors, band, from_above=False)
         return 1.0 if carried is None else carried
 
     @property
@@ -74,14 +73,17 @@ class PoolLoad:
         return 1 + self.group_slowdown * self.co_busy
 
 
-def carried_factor(factors: dict[int, float], band: int) -> float | None:
-    """The factor of the highest band below ``band`` among ``factors`` (band -> factor), or
-    None when none is below: what a band nothing has taught rests at (see
-    ``PoolLoad.speed_factor_at``). Only carried upwards: a batch of 16 overrunning the engine
-    says nothing about one branch alone, but one branch decoding slower than the profile
-    says the machine is slower for the batches above it too."""
+def carried_factor(factors: dict[int, float], band: int, from_above: bool = True) -> float | None:
+    """The factor of the band nearest ``band`` among ``factors`` (band -> factor): the highest
+    one below it, else (with ``from_above``) the lowest one above it; None when there is none:
+    what a band nothing has taught (lately) reads. Below first because a slow single branch
+    says more about a batch above it (the machine is slower) than a batch that overran the
+    engine says about one branch alone."""
     below = [b for b in factors if b < band]
-    return factors[max(below)] if below else None
+    if below:
+        return factors[max(below)]
+    above = [b for b in factors if b > band] if from_above else []
+    return factors[min(above)] if above else None
 
 
 def live_seconds_per_token(curve, load: PoolLoad, concurrency: int) -> float:
