@@ -358,12 +358,12 @@ class BudgetKeeper:
         not run at the profile's speed at 16, nor at 4. Faded to the profile, the band of a
         larger plan that the stream had left made that plan look fast again within a minute,
         and the stream tried it, and the deadline cut it, every 40 s or so (run u2 at 1 s: 11
-        plans of 7 to 9 branches among 443 of one branch, each slowing the requests beside it);
-        faded so, the bands below the stream's made the smaller plans look fast (screening run
-        v1 at 2 s, with the bands above carried: the stream went from four branches on spec to
-        one for 150 requests in a row, 37.2% against 42.2% for four), and the idle pool's
-        bands that its neighbour had not taught made its larger plans look fast (v1 at 2 s:
-        four and five branches on the plain pool).
+        plans of 7 to 9 branches among 443 of one branch, each slowing the requests beside it).
+        With only the bands above carried (screening run v1 at 2 s), the bands below the
+        stream's, faded to the profile, made the smaller plans look fast (the stream went from
+        four branches on spec to one for 150 requests in a row, 37.2% against 42.2% for four),
+        and the idle pool's bands that its neighbour had not taught made its larger plans look
+        fast (four and five branches on the plain pool).
         """
         now = self.clock()
         live = {name: {band: f for band, f in load.speed_factors.items()
