@@ -229,36 +229,44 @@ def _fake_chat(url, headers=None, **tts):
 def test_overload_is_shed_at_once_with_503_and_retry_after(fake_url):
     """2 requests run, 2 wait, and every later one is shed at once. The requests arrive in
     stages, because Serve counts its queue per request as it arrives: 8 sent together raced
-    (one CI run served 5), which says nothing about the limit."""
-    def one(_):
+    (one CI run served 5), which says nothing about the limit. The held requests get a budget
+    far past the test's length: with 20 s, a loaded CI machine spent most of it before the
+    branches reached the engines, their deadline then freed the router's slots while the test
+    was shedding, and the "shed" requests were served (CI at 14e63b3: four 200s)."""
+    t0 = time.perf_counter()
+
+    def one(budget_s):
         headers, started = {}, time.perf_counter()
-        status, _ = _fake_chat(fake_url, headers=headers, method="single")
-        return status, {k.lower(): v for k, v in headers.items()}, time.perf_counter() - started
+        status, _ = _fake_chat(fake_url, headers=headers, method="single", latency_budget_s=budget_s)
+        return (status, {k.lower(): v for k, v in headers.items()},
+                time.perf_counter() - started, round(started - t0, 2))  # seconds taken, sent at
 
     def engine_requests() -> int:
         return sum(_fake(f"generator-{p}").num_unfinished_requests.remote().result() for p in "ab")
 
+    # one request through the router first, so that what a first request pays (handles, the
+    # tokenizer) is not paid out of the held requests' time
+    assert _fake_chat(fake_url, method="single")[0] == 200
     _set_modes(a="block", b="block")
     try:
         with ThreadPoolExecutor(max_workers=8) as pool:
-            running = [pool.submit(one, i) for i in range(2)]
+            running = [pool.submit(one, 600) for _ in range(2)]
             deadline = time.monotonic() + 30
             while engine_requests() < 2:  # both hold a router slot, blocked in an engine
                 assert time.monotonic() < deadline and not any(f.done() for f in running), \
                     (engine_requests(), [f.result() for f in running if f.done()])
                 time.sleep(0.05)
-            queued = [pool.submit(one, i) for i in range(2)]
+            queued = [pool.submit(one, 600) for _ in range(2)]
             time.sleep(2)  # both wait in Serve's queue
             assert not any(f.done() for f in queued), [f.result() for f in queued if f.done()]
-            shed = [one(i) for i in range(4)]  # one after another, each answered while the rest wait
-            # none of the shed requests reached an engine (one fresh-clone CI run found the two
-            # held branches already gone here, 0 in the engines, and the test then passed alone:
-            # what this checks is that the shed ones added none)
-            assert engine_requests() <= 2
+            # a shed request admitted by mistake would block until its deadline: 20 s, not 600
+            shed = [one(20) for _ in range(4)]  # one after another, each answered while the rest wait
+            held_after = engine_requests()  # the 2 running, still held: the shed ones added none
             _set_modes()
             served = [f.result(timeout=60) for f in running + queued]
     finally:
         _set_modes()
+    assert held_after == 2, (held_after, shed)
     assert [r[0] for r in shed] == [503] * 4 and [r[0] for r in served] == [200] * 4, (shed, served)
     assert all(float(r[1]["retry-after"]) >= 1 and r[2] < 1.0 for r in shed), shed
     assert all(r[2] >= 2.0 for r in served)  # they waited for the blocked replicas, then answered
