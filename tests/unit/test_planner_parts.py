@@ -520,6 +520,30 @@ def test_a_burst_of_requests_shrinks_each_ones_fair_share_before_the_pool_fills(
     assert 1 <= after.fair_share < 16 and after.num_branches == after.fair_share
 
 
+def test_a_stream_that_starts_again_is_sized_at_its_recent_peak_not_at_its_first_admissions():
+    keeper = _keeper()
+    clock, load = keeper.clock, keeper.loads["a"]
+
+    def burst(tag):  # 8 clients start together: their admissions find 0 to 7 in flight
+        for i in range(8):
+            keeper.admit(f"{tag}{i}", PlanRequest(budget_s=100, max_tokens=10, method="majority", branches=1))
+            clock.now += 0.01
+        for i in range(8):
+            keeper.release(f"{tag}{i}")
+
+    for round_ in range(5):  # a stream of 8 at a time, one burst a second
+        burst(f"s{round_}-")
+        clock.now += 1
+    # the average of what the admissions found (0 to 7) lags; the stream was 7 beside each one
+    keeper.admit("next", PlanRequest(budget_s=100, max_tokens=10, method="majority", branches=1))
+    assert keeper.recent_requests < 5 and load.recent_requests == 7
+    keeper.release("next")
+    # past the window only the average is left
+    clock.now += 11
+    keeper.admit("later", PlanRequest(budget_s=100, max_tokens=10, method="majority", branches=1))
+    assert load.recent_requests == pytest.approx(keeper.recent_requests) and load.recent_requests < 5
+
+
 def test_the_keeper_learns_speed_from_branches_stopped_at_the_deadline_too():
     from tts_ray.methods.base import Branch
     from tts_ray.serve.budget import observations_of

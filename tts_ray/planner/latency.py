@@ -30,7 +30,7 @@ class PoolLoad:
     slots_per_replica: int
     inflight_branches: int = 0
     active_requests: int = 0
-    recent_requests: float = 0.0  # EWMA of the requests in flight (all pools) at recent admissions
+    recent_requests: float = 0.0  # requests in flight (all pools) lately: EWMA at admissions, at least their recent peak
     cluster_active_requests: int = 0  # requests in flight on all pools now (set by the keeper)
     # observed / profiled seconds per token (EWMA of live branches), per concurrency band
     speed_factors: dict[int, float] = field(default_factory=dict)
