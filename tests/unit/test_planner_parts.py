@@ -402,6 +402,7 @@ def test_a_band_the_stream_left_keeps_its_learned_ratio_to_the_live_band_and_fol
         run(8, 2.0)
         run(16, 1.0)
     assert keeper.band_steps["a"][3] == pytest.approx(0.5, abs=0.05)
+    assert keeper.status()["pools"]["a"]["speed_factor_step_by_concurrency"]["<=8"] == pytest.approx(0.5, abs=0.05)
     for _ in range(60):  # then only band 2 is taught, six half-lives
         run(8, 2.0)
     # band 3 rests at band 2's level times the ratio learned, not at band 2's level (which

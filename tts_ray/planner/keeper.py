@@ -517,6 +517,9 @@ class BudgetKeeper:
                              "speed_factor": round(l.speed_factor_at(math.ceil(l.inflight_branches / l.replicas)), 4),
                              "speed_factor_by_concurrency": {f"<={2 ** band}": round(f, 4)
                                                              for band, f in sorted(l.speed_factors.items())},
+                             # each band's factor over the next band down's, learned while both were taught
+                             "speed_factor_step_by_concurrency": {f"<={2 ** band}": round(r, 4) for band, r
+                                                                  in sorted(self.band_steps[name].items())},
                              "compute_group": l.compute_group, "contention": l.contention,
                              "latency_correction": round(l.latency_correction, 4),
                              "speed_spread": list(l.speed_spread),
