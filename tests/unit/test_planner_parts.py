@@ -387,33 +387,6 @@ def test_a_band_the_stream_left_fades_to_the_live_band_nearest_it_not_to_the_pro
     assert max(load.speed_factors.values()) < 1.1
 
 
-def test_a_band_the_stream_left_keeps_its_learned_ratio_to_the_live_band_and_follows_its_level():
-    keeper = _keeper()  # 2 replicas, 0.01 s per token, EWMA alpha 0.5
-    clock, load = keeper.clock, keeper.loads["a"]
-
-    def run(branches, slow):  # one request alone: branches / 2 sequences a replica
-        keeper.admit("r", PlanRequest(budget_s=100, max_tokens=100, method="majority", branches=branches))
-        keeper.release("r", [BranchObservation(num_tokens=100, elapsed_s=slow)])  # slow x the profile
-        clock.now += 1
-
-    # a mixed stream: 3-4 sequences a replica (band 2) run 2x slow, 5-8 (band 3) only 1x (the
-    # booked concurrency overstates what decodes together)
-    for _ in range(15):
-        run(8, 2.0)
-        run(16, 1.0)
-    assert keeper.band_steps["a"][3] == pytest.approx(0.5, abs=0.05)
-    assert keeper.status()["pools"]["a"]["speed_factor_step_by_concurrency"]["<=8"] == pytest.approx(0.5, abs=0.05)
-    for _ in range(60):  # then only band 2 is taught, six half-lives
-        run(8, 2.0)
-    # band 3 rests at band 2's level times the ratio learned, not at band 2's level (which
-    # priced the larger plan at the smaller one's speed and kept the stream off it)
-    assert load.speed_factors[3] == pytest.approx(1.0, abs=0.05)
-    for _ in range(60):  # the machine turns twice as slow: the level moves, the ratio stays
-        run(8, 4.0)
-    assert load.speed_factors[2] > 3.5
-    assert load.speed_factors[3] == pytest.approx(load.speed_factors[2] * 0.5, rel=0.05)
-
-
 def test_an_idle_pool_fades_to_the_nearest_live_band_of_its_group():
     keeper = _shared_keeper()
     clock, a, b = keeper.clock, keeper.loads["a"], keeper.loads["b"]

@@ -113,8 +113,6 @@ def _keeper_snapshot(url: str) -> dict[str, Any] | None:
             "speed_factor": {name: p.get("speed_factor") for name, p in status.get("pools", {}).items()},
             "speed_factor_by_concurrency": {name: p.get("speed_factor_by_concurrency")
                                             for name, p in status.get("pools", {}).items()},
-            "speed_factor_step_by_concurrency": {name: p.get("speed_factor_step_by_concurrency")
-                                                 for name, p in status.get("pools", {}).items()},
             "prediction_error_by_pool": {name: p.get("prediction_error")
                                          for name, p in status.get("pools", {}).items()},
             "latency_correction": {name: p.get("latency_correction") for name, p in status.get("pools", {}).items()},

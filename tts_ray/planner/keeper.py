@@ -18,9 +18,9 @@ from tts_ray.planner.early_stop import wave_sizes
 from tts_ray.planner.latency import (
     LatencyModel,
     PoolLoad,
+    carried_factor,
     concurrency_band,
     live_seconds_per_token,
-    nearest_band,
 )
 from tts_ray.planner.planner import InFlight, Plan, Planner, PlanRequest
 from tts_ray.planner.profile import ClusterProfile
@@ -35,9 +35,6 @@ MARGIN_WINDOW = 100
 # moment (start-up compilation, a burst) would otherwise reject every request, so no request
 # would ever show that the moment has passed.
 MARGIN_MAX_AGE_S = 60.0
-# The learned ratio of a band's factor to the band below's, from moments both were taught
-# (see BudgetKeeper._band_shape), is kept within this range.
-BAND_STEP_RANGE = (0.25, 4.0)
 SPEED_FACTOR_HALF_LIFE_S = 10.0  # without observations a speed factor halves its distance to its resting level
 MARGIN_MIN_OBSERVED = 5
 MAX_MERGE_MARGIN_S = 1.0
@@ -145,8 +142,6 @@ class BudgetKeeper:
         self.speed_updated_at = dict.fromkeys(self.loads, self.clock())
         # per pool and concurrency band: when a branch last taught the factor (see _fade_speed_factors)
         self.band_observed_at: dict[str, dict[int, float]] = {name: {} for name in self.loads}
-        # per pool and band: its factor over the band below's, learned while both were taught
-        self.band_steps: dict[str, dict[int, float]] = {name: {} for name in self.loads}
         self.recent_requests = 0.0  # EWMA of the requests in flight (all pools) at admissions
         self.admission_actives: deque[tuple[float, int]] = deque()  # see _recent_peak
         self.correct_latency = config.router.latency_correction
@@ -382,10 +377,9 @@ class BudgetKeeper:
         screening run s5 the stream then stayed on one branch at 1 s, where four did better).
 
         Without such neighbours, a band rests at the nearest band a branch taught in the last
-        half-life (``nearest_band``: the highest one below it first), on its own pool, else
-        on the group's other pools (their mean per band), times the ratio between the two
-        bands the pool has shown while both were taught (``_band_shape``), and only with none
-        at all at the profile: the machine that runs 3.7 times slower than the profile at 8 sequences does
+        half-life (``carried_factor``: the highest one below it first), on its own pool, else
+        on the group's other pools (their mean per band), and only with none at all at the
+        profile: the machine that runs 3.7 times slower than the profile at 8 sequences does
         not run at the profile's speed at 16, nor at 4. Faded to the profile, the band of a
         larger plan that the stream had left made that plan look fast again within a minute,
         and the stream tried it, and the deadline cut it, every 40 s or so (run u2 at 1 s: 11
@@ -413,45 +407,13 @@ class BudgetKeeper:
                 if band in group_live:
                     rest = group_live[band]
                 else:
-                    source = live[name]
-                    carrier = nearest_band(source, band)
-                    if carrier is None:
-                        source = group_live
-                        carrier = nearest_band(source, band)
-                    rest = 1.0 if carrier is None else min(max(
-                        source[carrier] * self._band_shape(name, carrier, band), SPEED_FACTOR_RANGE[0]),
-                        SPEED_FACTOR_RANGE[1])
+                    carried = carried_factor(live[name], band)
+                    if carried is None:
+                        carried = carried_factor(group_live, band)
+                    rest = 1.0 if carried is None else carried
                 faded[band] = rest + (f - rest) * fade
             load.speed_factors = faded
             self.speed_updated_at[name] = now
-
-    def _band_shape(self, pool: str, carrier: int, band: int) -> float:
-        """``band``'s factor over ``carrier``'s as ``pool`` has shown it: the product of the
-        learned steps between them (``band_steps``; a step never learned counts 1). The
-        factors' level follows the machine (another tenant, a slower machine); their shape
-        follows how the booked concurrency a band stands for runs against the profile's, which
-        the load does not change. Rested at the live band's level alone, the band of four
-        branches a request read the level of one branch's band once the stream had moved to
-        one branch (session 17's run w1 at 1 s: auto ran one branch for most requests and
-        scored 37.8% over two repeats where four with speculation scored 44.4%; the band of
-        56 booked sequences read 0.7 at 2 s while the stream's own read 1.7)."""
-        steps, shape = self.band_steps[pool], 1.0
-        for b in range(min(carrier, band) + 1, max(carrier, band) + 1):
-            shape *= steps.get(b, 1.0)
-        return shape if band > carrier else 1.0 / shape
-
-    def _learn_band_steps(self, pool: str, band: int) -> None:
-        """After ``band`` of ``pool`` was taught: move the steps to its neighbours that were
-        taught within the half-life too (the ratio of the upper factor to the lower)."""
-        load, now = self.loads[pool], self.clock()
-        for lower in (band - 1, band):
-            upper = lower + 1
-            if all(b in load.speed_factors and now - self.band_observed_at[pool].get(b, -math.inf)
-                   <= SPEED_FACTOR_HALF_LIFE_S for b in (lower, upper)):
-                ratio = min(max(load.speed_factors[upper] / load.speed_factors[lower], BAND_STEP_RANGE[0]),
-                            BAND_STEP_RANGE[1])
-                old = self.band_steps[pool].get(upper)
-                self.band_steps[pool][upper] = ratio if old is None else old + self.ewma_alpha * (ratio - old)
 
     def _refresh_contention(self) -> None:
         """Count, for every pool, the other pools of its compute group with branches in flight."""
@@ -499,7 +461,6 @@ class BudgetKeeper:
         band = concurrency_band(entry.concurrency)
         load.speed_factors[band] = current + self.ewma_alpha * (ratio - current)
         self.band_observed_at[entry.pool][band] = self.clock()
-        self._learn_band_steps(entry.pool, band)
 
     def set_replicas(self, pool: str, replicas: int) -> None:
         """Follow autoscaling: the running replica count of ``pool``."""
@@ -518,9 +479,6 @@ class BudgetKeeper:
                              "speed_factor": round(l.speed_factor_at(math.ceil(l.inflight_branches / l.replicas)), 4),
                              "speed_factor_by_concurrency": {f"<={2 ** band}": round(f, 4)
                                                              for band, f in sorted(l.speed_factors.items())},
-                             # each band's factor over the next band down's, learned while both were taught
-                             "speed_factor_step_by_concurrency": {f"<={2 ** band}": round(r, 4) for band, r
-                                                                  in sorted(self.band_steps[name].items())},
                              "compute_group": l.compute_group, "contention": l.contention,
                              "latency_correction": round(l.latency_correction, 4),
                              "speed_spread": list(l.speed_spread),

@@ -73,23 +73,17 @@ class PoolLoad:
         return 1 + self.group_slowdown * self.co_busy
 
 
-def nearest_band(factors: dict[int, float], band: int, from_above: bool = True) -> int | None:
-    """The band nearest ``band`` among ``factors`` (band -> factor): the highest one below it,
-    else (with ``from_above``) the lowest one above it; None when there is none. Below first
-    because a slow single branch says more about a batch above it (the machine is slower)
-    than a batch that overran the engine says about one branch alone."""
+def carried_factor(factors: dict[int, float], band: int, from_above: bool = True) -> float | None:
+    """The factor of the band nearest ``band`` among ``factors`` (band -> factor): the highest
+    one below it, else (with ``from_above``) the lowest one above it; None when there is none:
+    what a band nothing has taught (lately) reads. Below first because a slow single branch
+    says more about a batch above it (the machine is slower) than a batch that overran the
+    engine says about one branch alone."""
     below = [b for b in factors if b < band]
     if below:
-        return max(below)
+        return factors[max(below)]
     above = [b for b in factors if b > band] if from_above else []
-    return min(above) if above else None
-
-
-def carried_factor(factors: dict[int, float], band: int, from_above: bool = True) -> float | None:
-    """The factor of the band nearest ``band`` among ``factors`` (``nearest_band``); None when
-    there is none: what a band nothing has taught (lately) reads."""
-    nearest = nearest_band(factors, band, from_above)
-    return None if nearest is None else factors[nearest]
+    return factors[min(above)] if above else None
 
 
 def live_seconds_per_token(curve, load: PoolLoad, concurrency: int) -> float:
