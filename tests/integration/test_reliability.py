@@ -158,7 +158,10 @@ def test_a_client_that_disconnects_cancels_all_its_branches(service_url):
     while _unfinished() > 0:
         assert time.monotonic() - closed < 2.0, f"{_unfinished()} engine requests still running 2 s after the disconnect"
         time.sleep(0.05)
-    deadline = time.monotonic() + 5  # the ledger is released in the background
+    # The ledger is released in the background once the request's handler has unwound: what
+    # this checks is that no booking leaks, not how fast (a fresh-clone CI run at 20583a4 had
+    # the engines idle within 2 s but the last release still on its way 5 s later)
+    deadline = time.monotonic() + 30
     while True:
         status = get_json(f"{service_url}/v1/tts/status")[1]
         if all(p["inflight_branches"] == 0 for p in status["pools"].values()):
