@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tts_ray.config import RewardConfig, resolve_model_source
+from tts_ray.engines.cpu_dtype import with_cpu_dtype
 
 
 def split_solution(solution: str, separator: str = "\n") -> list[str]:
@@ -56,7 +57,7 @@ def vllm_prm_args(config: RewardConfig) -> dict[str, Any]:
         "pooler_config": {"task": "token_classify", "tok_pooling_type": "STEP", "step_tag_id": tag_id},
         "max_model_len": config.max_model_len,
         "gpu_memory_utilization": config.gpu_memory_utilization,
-        **config.engine_kwargs,
+        **with_cpu_dtype(config.engine_kwargs, on_cpu=config.accelerator_type is None),
     }
 
 

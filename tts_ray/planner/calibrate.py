@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tts_ray.config import AppConfig, resolve_model_source
 from tts_ray.constants import DEFAULT_TEMPERATURE
+from tts_ray.engines.cpu_dtype import with_cpu_dtype
 from tts_ray.grading import extract_answer, is_equivalent, normalize_answer
 from tts_ray.methods.base import aggregate_score
 from tts_ray.planner.calibration import Calibration, ModelCalibration, accuracy_by_tokens, accuracy_curves
@@ -49,7 +50,8 @@ def calibrate(config: AppConfig, records: Sequence[dict], dataset: str, samples:
         # Speculative decoding leaves the output distribution alone, so calibrate without it.
         llm = vllm_offline.generator_llm(target, max_model_len=pool.max_model_len,
                                          gpu_memory_utilization=pool.gpu_memory_utilization,
-                                         tensor_parallel_size=pool.tensor_parallel_size, **pool.engine_kwargs)
+                                         tensor_parallel_size=pool.tensor_parallel_size,
+                                         **with_cpu_dtype(pool.engine_kwargs, on_cpu=pool.accelerator_type is None))
         params = SamplingParams(n=samples, temperature=DEFAULT_TEMPERATURE, max_tokens=max_tokens)
         outputs = llm.generate(prompts, params, use_tqdm=False)
         vllm_offline.shutdown(llm)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from tts_ray.config import AppConfig, GeneratorPoolConfig, resolve_model_source
 from tts_ray.constants import DEFAULT_TEMPERATURE
+from tts_ray.engines.cpu_dtype import with_cpu_dtype
 from tts_ray.planner.profile import ClusterProfile, PoolProfile, ScoringCurve, SpeedCurve
 
 DEFAULT_CONCURRENCY = (1, 2, 4, 8, 16, 32, 64)
@@ -130,6 +131,7 @@ def _engine(pool: GeneratorPoolConfig, target: str, draft: str | None, k: int):
 
     kwargs = {"max_model_len": pool.max_model_len, "gpu_memory_utilization": pool.gpu_memory_utilization,
               "tensor_parallel_size": pool.tensor_parallel_size, **pool.engine_kwargs}
+    kwargs = with_cpu_dtype(kwargs, on_cpu=pool.accelerator_type is None)  # as the service runs it
     if draft is None:
         return vllm_offline.generator_llm(target, **kwargs)
     method = pool.speculative.method

@@ -13,6 +13,7 @@ from ray import serve
 from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
 
 from tts_ray.config import GeneratorPoolConfig, resolve_model_source
+from tts_ray.engines.cpu_dtype import with_cpu_dtype
 
 
 class GeneratorServer(LLMServer):
@@ -141,6 +142,7 @@ def llm_config(pool: GeneratorPoolConfig) -> LLMConfig:
             # Per-request acceptance in each response (n=1, as every branch is).
             engine_kwargs["per_request_spec_decode_metrics"] = "summary"
     engine_kwargs.update(pool.engine_kwargs)
+    engine_kwargs = with_cpu_dtype(engine_kwargs, on_cpu=pool.accelerator_type is None)
     deployment_config: dict[str, Any] = {"max_ongoing_requests": pool.max_ongoing_requests,
                                          "graceful_shutdown_timeout_s": pool.graceful_shutdown_timeout_s}
     if pool.autoscaling is not None:
