@@ -935,3 +935,24 @@ def test_plans_chosen_knowing_the_deadline_cuts_them_teach_the_correction_nothin
         fit_first.admit("next", auto)
     assert by_accuracy.work_ratios["a"] == []
     assert by_accuracy.admit("next", auto).latency_correction == 1.0
+
+
+def test_a_burst_s_first_branches_teach_the_speed_of_the_concurrency_they_ran_at():
+    config = AppConfig.model_validate({"generators": [
+        {"name": "a", "model_id": "m", "model_source": "x", "max_ongoing_requests": 64}]})
+    # compute-bound beyond 4 sequences: each one's seconds per token grow with the batch
+    prof = ClusterProfile(device="x", pools={"a": PoolProfile(model_id="m", curves=[SpeedCurve(
+        num_speculative_tokens=0, concurrency=[1, 4, 32], seconds_per_token=[0.01, 0.01, 0.04], prefill_s=0.0)])})
+    keeper = BudgetKeeper(config, prof, None, ewma_alpha=0.5, clock=FakeClock())
+    request = PlanRequest(budget_s=100, max_tokens=100, method="majority", branches=4)
+    for i in range(8):  # 8 clients start together: the first is admitted alone, the last among 32
+        keeper.admit(f"r{i}", request)
+    assert [keeper.admitted[f"r{i}"].concurrency for i in (0, 7)] == [4, 32]
+    keeper.clock.now += 4.0  # every branch decodes 100 tokens at the profile's speed among 32
+    for i in range(8):
+        keeper.release(f"r{i}", [BranchObservation(num_tokens=100, elapsed_s=4.0)] * 4)
+    # Compared with the profile at their admission, the first requests' branches ran 4 and 2
+    # times slow, and bands 2 to 4 would have learned it; they ran among 32, at its speed.
+    assert keeper.status()["pools"]["a"]["speed_factor_by_concurrency"] == {"<=32": 1.0}
+    # The plans' own error stays in the spread: the first one was predicted 4x too fast.
+    assert max(r for _, r in keeper.speed_residuals["a"]) == pytest.approx(4.0)

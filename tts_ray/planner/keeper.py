@@ -97,6 +97,10 @@ class _Admitted:
     tokens_done: float = 0.0
     progress_at: float = 0.0
     generation_deadline_at: float = 0.0
+    # the pool's in-flight-branch integral when it was admitted, and the mean per replica over
+    # its life, set at its release (see BudgetKeeper._integrate_inflight)
+    inflight_integral_at: float = 0.0
+    lived_concurrency: float | None = None
 
 
 class BudgetKeeper:
@@ -150,6 +154,9 @@ class BudgetKeeper:
         self.plan_for_spread = config.router.plan_for_speed_spread
         # per pool: (when, observed / predicted seconds per token) of recent branches
         self.speed_residuals: dict[str, list[tuple[float, float]]] = {name: [] for name in self.loads}
+        # per pool: the integral over time of its branches in flight, and when it was last moved on
+        self.inflight_integral: dict[str, float] = dict.fromkeys(self.loads, 0.0)
+        self.inflight_integral_at: dict[str, float] = dict.fromkeys(self.loads, self.clock())
 
     def _recent_peak(self, active: int) -> int:
         """The most requests in flight at an admission of the last ``RECENT_PEAK_WINDOW_S``,
@@ -168,6 +175,17 @@ class BudgetKeeper:
         while now - window[0][0] > RECENT_PEAK_WINDOW_S:
             window.popleft()
         return window[0][1]
+
+    def _integrate_inflight(self, pool: str) -> float:
+        """The integral over time of ``pool``'s in-flight branches (branch-seconds) up to now.
+        Called before every change of the count: between changes it is constant. A request's
+        share of it over its life, per replica, is the concurrency its branches ran at
+        (``_Admitted.lived_concurrency``), which the one at its admission can miss by far: the
+        first request of a burst is admitted alone and runs among the whole burst."""
+        now = self.clock()
+        self.inflight_integral[pool] += self.loads[pool].inflight_branches * (now - self.inflight_integral_at[pool])
+        self.inflight_integral_at[pool] = now
+        return self.inflight_integral[pool]
 
     def merge_margin_s(self) -> float:
         """The margin kept before the deadline for stopping branches, merging and answering:
@@ -213,6 +231,7 @@ class BudgetKeeper:
         # slots stay reserved for the waves to come.
         first_wave = wave_sizes(plan.num_branches, request.early_stop_window)[0]
         concurrency = math.ceil((load.inflight_branches + first_wave) / load.replicas)
+        integral = self._integrate_inflight(plan.pool)
         load.inflight_branches += plan.num_branches
         load.active_requests += 1
         # The work the prediction expects before the merge, without the correction: what the
@@ -233,7 +252,8 @@ class BudgetKeeper:
         self.admitted[request_id] = _Admitted(plan.pool, plan.num_branches, concurrency, self.clock(),
                                               contention=load.contention, predicted_work_s=work_s, fits=fits,
                                               predicted_fixed_s=parts.get("merge", 0.0) + parts.get("score", 0.0),
-                                              speed_factor=self._planned_factor(plan.pool, concurrency))
+                                              speed_factor=self._planned_factor(plan.pool, concurrency),
+                                              inflight_integral_at=integral)
         if plan.seconds_per_token and plan.deadline_tokens is not None:
             entry = self.admitted[request_id]
             entry.tracked = True
@@ -303,6 +323,10 @@ class BudgetKeeper:
         # them is unknown): the mean is what their speed is compared with. Contention is
         # current: every change of a pool's in-flight branches (admit, release) refreshes it.
         contention = (entry.contention + load.contention) / 2
+        lived_s = self.clock() - entry.admitted_at
+        if lived_s > 0:
+            shared = self._integrate_inflight(entry.pool) - entry.inflight_integral_at
+            entry.lived_concurrency = shared / lived_s / load.replicas
         load.inflight_branches = max(0, load.inflight_branches - entry.branches)
         load.active_requests = max(0, load.active_requests - 1)
         self._refresh_contention()
@@ -447,18 +471,30 @@ class BudgetKeeper:
                 (obs.num_tokens < MIN_TOKENS_OBSERVED and not obs.stopped) or obs.num_tokens < 1:
             return
         curve = self.latency.profile.pools[entry.pool].curve(load.num_speculative_tokens)
-        # The speed factor is what contention does not explain: compare with the profile at the
-        # concurrency and the device share the branch had.
-        predicted_spt = curve.seconds_per_token_at(entry.concurrency) * contention
         observed_spt = max(obs.elapsed_s - curve.prefill_s * contention, 1e-6) / obs.num_tokens
-        ratio = min(max(observed_spt / predicted_spt, SPEED_FACTOR_RANGE[0]), SPEED_FACTOR_RANGE[1])
+
+        def ratio_at(concurrency: float) -> float:
+            predicted_spt = curve.seconds_per_token_at(concurrency) * contention
+            return min(max(observed_spt / predicted_spt, SPEED_FACTOR_RANGE[0]), SPEED_FACTOR_RANGE[1])
+
+        # The speed factor is what neither contention nor concurrency explains: compare with
+        # the profile at the device share and at the concurrency the branch had over its life,
+        # not at its admission. Compared at admission, the first requests of a burst (admitted
+        # with few branches in flight, run among all of them) taught their band a slow factor
+        # the steady stream does not have: in screening at 3 s (2026-12-03) the first branches
+        # of a fixed four-branch row, admitted at 4 to 12 sequences, read 3 to 5 times the
+        # profile there, and 1.6 to 2.3 times it at the 30 or so they ran among.
+        lived = max(1, round(entry.lived_concurrency)) if entry.lived_concurrency else entry.concurrency
+        ratio = ratio_at(lived)
         self._fade_speed_factors()
-        current = load.speed_factor_at(entry.concurrency)  # a new band starts from its neighbours or 1
-        # against the factor the plan was predicted with (not the band's now: the request's
-        # earlier branches and the fading have moved it since): how far off the plan's speed was
+        current = load.speed_factor_at(lived)  # a new band starts from its neighbours or 1
+        # The spread is of the plan's own prediction (at its admission's concurrency, with the
+        # factor it was predicted with; not the band's now: the request's earlier branches and
+        # the fading have moved it since): how far off the plan's speed was.
         self.speed_residuals[entry.pool] = (self.speed_residuals[entry.pool]
-                                            + [(self.clock(), ratio / entry.speed_factor)])[-SPREAD_WINDOW:]
-        band = concurrency_band(entry.concurrency)
+                                            + [(self.clock(), ratio_at(entry.concurrency) / entry.speed_factor)]
+                                            )[-SPREAD_WINDOW:]
+        band = concurrency_band(lived)
         load.speed_factors[band] = current + self.ewma_alpha * (ratio - current)
         self.band_observed_at[entry.pool][band] = self.clock()
 
