@@ -956,3 +956,14 @@ def test_a_burst_s_first_branches_teach_the_speed_of_the_concurrency_they_ran_at
     assert keeper.status()["pools"]["a"]["speed_factor_by_concurrency"] == {"<=32": 1.0}
     # The plans' own error stays in the spread: the first one was predicted 4x too fast.
     assert max(r for _, r in keeper.speed_residuals["a"]) == pytest.approx(4.0)
+
+
+def test_an_early_stopping_request_teaches_the_band_of_the_window_it_runs_not_of_its_booking():
+    keeper = _keeper()  # 2 replicas, flat 0.01 s per token
+    keeper.admit("es", PlanRequest(budget_s=100, max_tokens=100, method="majority", branches=12,
+                                   early_stop_window=4))
+    assert keeper.status()["pools"]["a"]["inflight_branches"] == 12  # every wave's slots booked
+    keeper.clock.now += 2.0
+    keeper.release("es", [BranchObservation(num_tokens=100, elapsed_s=2.0)])  # 2x the profile
+    # 4 branches running (2 a replica): band <=2, not the booked 12's (6 a replica, band <=8)
+    assert keeper.status()["pools"]["a"]["speed_factor_by_concurrency"] == {"<=2": 1.5}

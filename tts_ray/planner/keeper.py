@@ -97,10 +97,11 @@ class _Admitted:
     tokens_done: float = 0.0
     progress_at: float = 0.0
     generation_deadline_at: float = 0.0
-    # the pool's in-flight-branch integral when it was admitted, and the mean per replica over
-    # its life, set at its release (see BudgetKeeper._integrate_inflight)
-    inflight_integral_at: float = 0.0
+    # the pool's running-branch integral when it was admitted, and the mean per replica over
+    # its life, set at its release (see BudgetKeeper._integrate_running)
+    running_integral_at: float = 0.0
     lived_concurrency: float | None = None
+    first_wave: int = 0  # the branches it runs at once (all of them, or early stopping's first window)
 
 
 class BudgetKeeper:
@@ -154,9 +155,12 @@ class BudgetKeeper:
         self.plan_for_spread = config.router.plan_for_speed_spread
         # per pool: (when, observed / predicted seconds per token) of recent branches
         self.speed_residuals: dict[str, list[tuple[float, float]]] = {name: [] for name in self.loads}
-        # per pool: the integral over time of its branches in flight, and when it was last moved on
-        self.inflight_integral: dict[str, float] = dict.fromkeys(self.loads, 0.0)
-        self.inflight_integral_at: dict[str, float] = dict.fromkeys(self.loads, self.clock())
+        # per pool: the branches running (each request's first wave: early stopping books all
+        # its branches but runs them a window at a time), their integral over time, and when it
+        # was last moved on
+        self.running_branches: dict[str, int] = dict.fromkeys(self.loads, 0)
+        self.running_integral: dict[str, float] = dict.fromkeys(self.loads, 0.0)
+        self.running_integrated_at: dict[str, float] = dict.fromkeys(self.loads, self.clock())
 
     def _recent_peak(self, active: int) -> int:
         """The most requests in flight at an admission of the last ``RECENT_PEAK_WINDOW_S``,
@@ -176,16 +180,16 @@ class BudgetKeeper:
             window.popleft()
         return window[0][1]
 
-    def _integrate_inflight(self, pool: str) -> float:
-        """The integral over time of ``pool``'s in-flight branches (branch-seconds) up to now.
+    def _integrate_running(self, pool: str) -> float:
+        """The integral over time of ``pool``'s running branches (branch-seconds) up to now.
         Called before every change of the count: between changes it is constant. A request's
         share of it over its life, per replica, is the concurrency its branches ran at
         (``_Admitted.lived_concurrency``), which the one at its admission can miss by far: the
         first request of a burst is admitted alone and runs among the whole burst."""
         now = self.clock()
-        self.inflight_integral[pool] += self.loads[pool].inflight_branches * (now - self.inflight_integral_at[pool])
-        self.inflight_integral_at[pool] = now
-        return self.inflight_integral[pool]
+        self.running_integral[pool] += self.running_branches[pool] * (now - self.running_integrated_at[pool])
+        self.running_integrated_at[pool] = now
+        return self.running_integral[pool]
 
     def merge_margin_s(self) -> float:
         """The margin kept before the deadline for stopping branches, merging and answering:
@@ -231,7 +235,8 @@ class BudgetKeeper:
         # slots stay reserved for the waves to come.
         first_wave = wave_sizes(plan.num_branches, request.early_stop_window)[0]
         concurrency = math.ceil((load.inflight_branches + first_wave) / load.replicas)
-        integral = self._integrate_inflight(plan.pool)
+        integral = self._integrate_running(plan.pool)
+        self.running_branches[plan.pool] += first_wave
         load.inflight_branches += plan.num_branches
         load.active_requests += 1
         # The work the prediction expects before the merge, without the correction: what the
@@ -253,7 +258,7 @@ class BudgetKeeper:
                                               contention=load.contention, predicted_work_s=work_s, fits=fits,
                                               predicted_fixed_s=parts.get("merge", 0.0) + parts.get("score", 0.0),
                                               speed_factor=self._planned_factor(plan.pool, concurrency),
-                                              inflight_integral_at=integral)
+                                              running_integral_at=integral, first_wave=first_wave)
         if plan.seconds_per_token and plan.deadline_tokens is not None:
             entry = self.admitted[request_id]
             entry.tracked = True
@@ -325,8 +330,9 @@ class BudgetKeeper:
         contention = (entry.contention + load.contention) / 2
         lived_s = self.clock() - entry.admitted_at
         if lived_s > 0:
-            shared = self._integrate_inflight(entry.pool) - entry.inflight_integral_at
+            shared = self._integrate_running(entry.pool) - entry.running_integral_at
             entry.lived_concurrency = shared / lived_s / load.replicas
+        self.running_branches[entry.pool] = max(0, self.running_branches[entry.pool] - entry.first_wave)
         load.inflight_branches = max(0, load.inflight_branches - entry.branches)
         load.active_requests = max(0, load.active_requests - 1)
         self._refresh_contention()
