@@ -269,7 +269,7 @@ class RouterConfig(_Strict):
                                   "than run where the deadline is expected to cut it (on the CPU "
                                   "testbed at its tightest budget, 4 points more accurate than "
                                   "\"one_branch\", docs/architecture.md).")
-    auto_ranking: Literal["fit_first", "expected_accuracy", "steady_state"] = Field(
+    auto_ranking: Literal["fit_first", "expected_accuracy", "steady_state", "steady_split"] = Field(
         "fit_first", description="How an auto plan is chosen among (pool, method, B). "
                                "\"fit_first\": the plans whose expected longest branch fits the "
                                "budget (decoding at the slow end of the speed spread) first, then "
@@ -295,7 +295,13 @@ class RouterConfig(_Strict):
                                "admitted as a "
                                "fixed request of the chosen draft length (auto_load and "
                                "auto_admission do not apply). Needs a calibration; without one, "
-                               "fit_first.")
+                               "fit_first. "
+                               "\"steady_split\": as steady_state, and the stream may also be "
+                               "split between two pools decoding at once (n requests on one, the "
+                               "rest on the other, each part with its own B; pools of one compute "
+                               "group priced as busy beside each other): the state of highest "
+                               "mean expected accuracy wins, and each request joins the part "
+                               "furthest below its share. With one pool, steady_state.")
     auto_load: Literal["arriving", "symmetric"] = Field(
         "arriving", description="(Experimental; \"symmetric\" is not the default: on the CPU testbed it "
                                 "brought auto closer to the best fixed plan at 1 s but far from it "

@@ -671,3 +671,65 @@ def test_steady_state_admits_on_the_draft_length_it_chose():
         steady.plan(request(1.2, method="majority"), loads)
     # a fixed request for either pool is admitted on that pool's own test
     assert planner.plan(request(1.2, method="majority", branches=1, num_speculative_tokens=0), loads).pool == "plain"
+
+
+def test_a_split_stream_runs_on_both_pools_when_each_has_its_own_device():
+    from dataclasses import replace
+
+    planner, loads = setup(SPEC_NEVER_PAYS)
+    stream = {"recent_requests": 8.0, "cluster_active_requests": 0}
+    loads = {name: replace(load, **stream) for name, load in loads.items()}
+    ask = request(1.5, method="majority")
+    # All 8 on the plain pool: 2 branches each (16 sequences, 10.5 ms a token: 1.11 s); 3 each
+    # (24 sequences, 14.25 ms: 1.49 s plus the reserve) leave a typical branch no time.
+    whole = Planner(planner.latency, steady_state=True).plan(ask, loads)
+    assert (whole.pool, whole.num_branches, whole.stream_split) == ("plain", 2, None)
+    # Split over the two pools, each part decodes a smaller batch and runs more branches.
+    split = Planner(planner.latency, split_stream=True)
+    first = split.plan(ask, loads)
+    assert set(first.stream_split) == {"spec", "plain"} and sum(first.stream_split.values()) == 8
+    assert first.num_branches > 2 and first.expected_accuracy > whole.expected_accuracy
+    # Each request joins the part furthest below its share: with the first request's part
+    # full, the next goes to the other pool.
+    full = {**loads, first.pool: replace(loads[first.pool], active_requests=first.stream_split[first.pool],
+                                         inflight_branches=first.stream_split[first.pool] * first.num_branches)}
+    second = split.plan(ask, full)
+    assert second.pool != first.pool and second.stream_split == first.stream_split
+    # A fixed request is planned as before, on one pool.
+    assert split.plan(request(1.5, method="majority", branches=2), loads).stream_split is None
+
+
+def test_a_split_stream_is_priced_with_the_device_it_shares():
+    from dataclasses import replace
+
+    planner, loads = setup(SPEC_NEVER_PAYS)
+    # Two engines time-sharing one device: each decodes at half speed beside the other
+    # (slowdown 1.0), so no split leaves a typical branch time, and the whole stream stays on
+    # the plain pool, as with steady_state.
+    shared = {"recent_requests": 8.0, "compute_group": "node", "group_slowdown": 1.0}
+    loads = {name: replace(load, **shared) for name, load in loads.items()}
+    plan = Planner(planner.latency, split_stream=True).plan(request(1.5, method="majority"), loads)
+    assert (plan.pool, plan.num_branches, plan.stream_split) == ("plain", 2, {"plain": 8})
+    # A small slowdown (10%) leaves the split worth it.
+    light = {name: replace(load, group_slowdown=0.1) for name, load in loads.items()}
+    plan = Planner(planner.latency, split_stream=True).plan(request(1.5, method="majority"), light)
+    assert set(plan.stream_split) == {"spec", "plain"}
+
+
+def test_a_split_stream_holds_its_state_against_small_swings():
+    from dataclasses import replace
+
+    planner, loads = setup(SPEC_NEVER_PAYS)
+    loads = {name: replace(load, recent_requests=8.0) for name, load in loads.items()}
+    ask = request(1.5, method="majority")
+    split = Planner(planner.latency, split_stream=True)
+    first = split.plan(ask, loads)
+    assert first.stream_split == {"plain": 4, "spec": 4}
+    # the plain pool turns 10% faster: planned afresh, its part grows to 5 (by under the 2
+    # points that move a held state); held, nothing moves
+    faster = {**loads, "plain": replace(loads["plain"], speed_factors={b: 0.9 for b in range(8)})}
+    assert Planner(planner.latency, split_stream=True).plan(ask, faster).stream_split == {"plain": 5, "spec": 3}
+    assert split.plan(ask, faster).stream_split == first.stream_split
+    # twice as slow: the held state's parts no longer finish, and the stream moves
+    slower = {**loads, "plain": replace(loads["plain"], speed_factors={b: 2.0 for b in range(8)})}
+    assert split.plan(ask, slower).stream_split != first.stream_split

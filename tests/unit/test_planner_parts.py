@@ -886,6 +886,7 @@ def test_auto_ranking_and_load_reach_the_planner_only_when_configured():
     # (config field, its default, the setting that turns the planner's flag on, the flag, a typo)
     cases = (("auto_ranking", "fit_first", "expected_accuracy", "rank_by_accuracy", "accuracy"),
              ("auto_ranking", "fit_first", "steady_state", "steady_state", "steady"),
+             ("auto_ranking", "fit_first", "steady_split", "split_stream", "split"),
              ("auto_load", "arriving", "symmetric", "symmetric_load", "steady"))
     for field, default, on, flag, typo in cases:
         for setting in (on, default):

@@ -127,7 +127,8 @@ class BudgetKeeper:
                                admit_auto_if_fits=config.router.auto_admission == "fitting_plan",
                                rank_by_accuracy=config.router.auto_ranking == "expected_accuracy",
                                symmetric_load=config.router.auto_load == "symmetric",
-                               steady_state=config.router.auto_ranking == "steady_state")
+                               steady_state=config.router.auto_ranking == "steady_state",
+                               split_stream=config.router.auto_ranking == "steady_split")
         self.loads: dict[str, PoolLoad] = {}
         for pool in config.generators:
             replicas = pool.autoscaling.min_replicas if pool.autoscaling else pool.num_replicas

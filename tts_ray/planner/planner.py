@@ -120,6 +120,8 @@ class Plan:
     # ranked by expected accuracy (auto_ranking "expected_accuracy") though its expected
     # longest branch does not fit: the deadline is expected to cut the longer problems
     expected_cut: bool = False
+    # a split steady state (auto_ranking "steady_split"): the stream's requests per pool
+    stream_split: dict[str, int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -172,12 +174,15 @@ class Planner:
 
     def __init__(self, latency: LatencyModel | None, weigh_inflight: bool = False,
                  admit_auto_if_fits: bool = False, rank_by_accuracy: bool = False,
-                 symmetric_load: bool = False, steady_state: bool = False) -> None:
+                 symmetric_load: bool = False, steady_state: bool = False, split_stream: bool = False) -> None:
         self.latency, self.weigh_inflight = latency, weigh_inflight
         self.admit_auto_if_fits, self.rank_by_accuracy = admit_auto_if_fits, rank_by_accuracy
-        self.symmetric_load, self.steady_state = symmetric_load, steady_state
-        # steady state: the plan last chosen per kind of request (see _plan_steady)
+        self.symmetric_load = symmetric_load
+        self.steady_state, self.split_stream = steady_state or split_stream, split_stream
+        # steady state: the plan last chosen per kind of request (see _plan_steady), and with
+        # split_stream the split last chosen (see _plan_split)
         self._steady_held: dict[tuple, tuple[str, str, int]] = {}
+        self._split_held: dict[tuple, tuple[tuple[str, int, str, int], ...]] = {}
 
     def _accuracy(self, model_id: str, method: str, branches: int, tokens: float, max_tokens: int) -> float | None:
         """Calibrated accuracy of ``method`` at ``branches`` when the deadline leaves each branch
@@ -261,6 +266,8 @@ class Planner:
                         expected_accuracy=None, auto=auto)
 
         if self.steady_state and auto and self.latency.calibration is not None:
+            if self.split_stream and len(profiled) > 1:
+                return self._plan_split(request, profiled)
             return self._plan_steady(request, profiled)
         best: tuple | None = None
         best_fits = False
@@ -396,38 +403,8 @@ class Planner:
         """
         ranked: dict[tuple[str, str, int], tuple] = {}
         for name, load in profiled.items():
-            share = self._fair_share(load)
-            # Without the latency correction: it is learned from the requests that finish, which
-            # under a budget that cuts plans are the short problems, so it reads low where these
-            # plans run (0.5 to 0.6 on the CPU testbed while the per-branch speed factors, which
-            # cut branches teach too, read 1.6 at 32 sequences), and it sized them past what the
-            # deadline left. The speed factors stay.
-            uncorrected = self._admission_load(load)
-            methods = [request.method] if request.method else [
-                m for m in AUTO_METHODS if request.scored_available or m not in SCORED]
-            for method in methods:
-                if request.branches is not None:
-                    counts = [1] if method == "single" else [request.branches]
-                else:
-                    counts = [1] if method == "single" else range(1, min(request.max_branches, share) + 1)
-                for branches in counts:
-                    prediction = self.latency.predict(name, self._steady_load(uncorrected, branches), method,
-                                                      branches, request.max_tokens, window=request.early_stop_window)
-                    accuracy = self._accuracy_over_spread(load, method, branches,
-                                                          prediction.tokens_by(request.budget_s),
-                                                          request.max_tokens)
-                    if accuracy is None:  # this model is not calibrated: the log B proxy
-                        accuracy = math.log(branches) / 100 if prediction.needed_s <= request.budget_s else -1.0
-                    # The typical branch must finish: a plan whose branches the deadline cuts for
-                    # most problems loads the pool for nothing, and its cut branches (too short to
-                    # teach the speed factors) hide how slow it runs. Without this guard (screening
-                    # run s3) plans of 5 to 8 branches at 0.5 s answered 495 of 500 cut.
-                    typical_s = prediction.seconds_per_token * self.latency.expected_tokens(
-                        load.model_id, 1, request.max_tokens)
-                    typical_fits = (prediction.needed_s - prediction.parts_s.get("decode", 0.0) + typical_s
-                                    <= request.budget_s)
-                    key = (typical_fits, round(accuracy, 4) if typical_fits else 0.0, -prediction.needed_s)
-                    ranked[name, method, branches] = (key, prediction, accuracy, share)
+            for (method, branches), entry in self._steady_candidates(request, name, load).items():
+                ranked[name, method, branches] = entry
         choice = max(ranked, key=lambda c: ranked[c][0])
         # Hold the last choice's B against small swings of the live speed factors: a stream
         # that moves between near-equal plans is not the steady state it was planned for. Only
@@ -436,8 +413,7 @@ class Planner:
         # nothing moves a stream off the slower one: in the first repeat of a run of b0214ba
         # (stopped, its plans not recorded) auto scored 36.2% at 1 s, as the fixed k = 0 row
         # did, against 41.0% for one branch on the speculating pool.
-        kind = (request.model_id, request.method, request.branches, request.num_speculative_tokens,
-                round(request.budget_s, 3), request.max_tokens, request.early_stop_window, request.scored_available)
+        kind = self._kind(request)
         held = self._steady_held.get(kind)
         if held in ranked and held[0] == choice[0] and ranked[held][0][0] and ranked[choice][0][0] and \
                 ranked[choice][2] - ranked[held][2] <= STEADY_SWITCH_ACCURACY:
@@ -458,6 +434,154 @@ class Planner:
         self._check_one_branch(request, single_s)
         return self._make_plan(request, load, name, method, branches, prediction, accuracy, True,
                                share, len(ranked), expected_cut=prediction.needed_s > request.budget_s)
+
+    def _plan_split(self, request: PlanRequest, profiled: dict[str, PoolLoad]) -> Plan:
+        """The steady-state auto plan over a stream that may be split (``split_stream``): the
+        stream's requests (``_steady_stream``) all on one pool, as ``_plan_steady`` ranks them,
+        or n on one pool and the rest on another, both decoding at once (each pool then has the
+        others of its compute group busy beside it), each part running its own most accurate
+        (method, B) among those whose typical branch finishes at its part's load. The state of
+        highest mean expected accuracy as the deadline leaves it wins, the quicker on a tie;
+        the last state for the same kind of request is held, on the same pools, unless another
+        is expected to be more accurate by more than ``STEADY_SWITCH_ACCURACY``. This request
+        runs the part whose pool has the fewest requests in flight below its share of the
+        stream. With no state whose every part's typical branch finishes, as ``_plan_steady``.
+        Admission as there.
+
+        Why: a fixed (B, k) runs the whole stream on one pool; on a cluster of several pools
+        (several GPUs, or two engines pinned to their own CPU cores) the others sit idle. A
+        stream split over them decodes at a smaller batch on each, so its branches get more
+        tokens before the deadline.
+
+        Raises:
+            Infeasible: one branch is predicted to miss the budget on every pool of the chosen
+                draft length.
+        """
+        stream = self._steady_stream(next(iter(profiled.values())))
+        tables: dict[tuple[str, int, int], dict[tuple[str, int], tuple]] = {}
+
+        def table(name: str, requests: int, co_busy: int) -> dict[tuple[str, int], tuple]:
+            if (name, requests, co_busy) not in tables:
+                tables[name, requests, co_busy] = self._steady_candidates(request, name, profiled[name],
+                                                                          requests, co_busy)
+            return tables[name, requests, co_busy]
+
+        def shared(a: str, b: str) -> int:
+            group = profiled[a].compute_group
+            return int(group is not None and group == profiled[b].compute_group)
+
+        def best_part(name: str, requests: int, co_busy: int) -> tuple[str, int] | None:
+            ranked = table(name, requests, co_busy)
+            choice = max(ranked, key=lambda c: ranked[c][0])
+            return choice if ranked[choice][0][0] else None
+
+        # A state: its parts ((pool, requests, method, B), ...), each part's co_busy implied
+        states: list[tuple[tuple[str, int, str, int], ...]] = []
+        names = sorted(profiled)
+        for name in names:
+            part = best_part(name, stream, 0)
+            if part is not None:
+                states.append(((name, stream, *part),))
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                co = shared(a, b)
+                for n in range(1, stream):
+                    part_a, part_b = best_part(a, n, co), best_part(b, stream - n, co)
+                    if part_a is not None and part_b is not None:
+                        states.append(((a, n, *part_a), (b, stream - n, *part_b)))
+
+        def value(state) -> tuple[float, float] | None:
+            """(mean expected accuracy, minus the slowest part's predicted time); None when a
+            part's typical branch no longer finishes."""
+            co = shared(state[0][0], state[1][0]) if len(state) > 1 else 0
+            total, slowest = 0.0, -math.inf
+            for name, requests, method, branches in state:
+                entry = table(name, requests, co).get((method, branches))
+                if entry is None or not entry[0][0]:
+                    return None
+                total += requests * entry[2]
+                slowest = max(slowest, entry[1].needed_s)
+            return round(total / stream, 4), -slowest
+
+        if not states:
+            return self._plan_steady(request, profiled)
+        choice = max(states, key=value)
+        kind = self._kind(request)
+        held = self._split_held.get(kind)
+        # Held against small swings, as _plan_steady holds B: only on the same pools (a state
+        # that moves between near-equal splits is not the steady state it was planned for)
+        if held is not None and held != choice and sum(p[1] for p in held) == stream and \
+                {p[0] for p in held} == {p[0] for p in choice}:
+            kept = value(held)
+            if kept is not None and value(choice)[0] - kept[0] <= STEADY_SWITCH_ACCURACY:
+                choice = held
+        if len(self._split_held) >= STEADY_KINDS_KEPT and kind not in self._split_held:
+            self._split_held.clear()
+        self._split_held[kind] = choice
+        co = shared(choice[0][0], choice[1][0]) if len(choice) > 1 else 0
+        # This request joins the part furthest below its share of the stream now
+        name, requests, method, branches = max(
+            choice, key=lambda p: (p[1] - profiled[p[0]].active_requests, p[1], p[0]))
+        key, prediction, accuracy, share = table(name, requests, co)[method, branches]
+        load = profiled[name]
+        single_s, _ = self._quickest_single(request, {
+            n: p for n, p in profiled.items()
+            if p.model_id == load.model_id and p.num_speculative_tokens == load.num_speculative_tokens})
+        self._check_one_branch(request, single_s)
+        plan = self._make_plan(request, load, name, method, branches, prediction, accuracy, True, share,
+                               sum(len(t) for t in tables.values()),
+                               expected_cut=prediction.needed_s > request.budget_s)
+        plan.stream_split = {p[0]: p[1] for p in choice}
+        return plan
+
+    @staticmethod
+    def _kind(request: PlanRequest) -> tuple:
+        """The kind of request a steady-state plan is held for: all that the plan depends on."""
+        return (request.model_id, request.method, request.branches, request.num_speculative_tokens,
+                round(request.budget_s, 3), request.max_tokens, request.early_stop_window, request.scored_available)
+
+    def _steady_candidates(self, request: PlanRequest, name: str, load: PoolLoad,
+                           requests: int | None = None, co_busy: int = 0) -> dict[tuple[str, int], tuple]:
+        """Every (method, B) of ``request`` on pool ``name`` in a steady state of ``requests``
+        requests running it there (None: every request in flight lately, ``_steady_load``) while
+        ``co_busy`` other pools of its compute group decode beside it: (method, B) -> (key,
+        prediction, accuracy, fair share), key = (typical branch finishes, expected accuracy as
+        the deadline leaves it where it does, else 0, minus the predicted time)."""
+        share = self._fair_share(load)
+        # Without the latency correction: it is learned from the requests that finish, which
+        # under a budget that cuts plans are the short problems, so it reads low where these
+        # plans run (0.5 to 0.6 on the CPU testbed while the per-branch speed factors, which
+        # cut branches teach too, read 1.6 at 32 sequences), and it sized them past what the
+        # deadline left. The speed factors stay.
+        uncorrected = self._admission_load(load)
+        methods = [request.method] if request.method else [
+            m for m in AUTO_METHODS if request.scored_available or m not in SCORED]
+        candidates: dict[tuple[str, int], tuple] = {}
+        for method in methods:
+            if request.branches is not None:
+                counts = [1] if method == "single" else [request.branches]
+            else:
+                counts = [1] if method == "single" else range(1, min(request.max_branches, share) + 1)
+            for branches in counts:
+                steady = self._steady_load(uncorrected, branches, requests, co_busy)
+                prediction = self.latency.predict(name, steady, method, branches, request.max_tokens,
+                                                  window=request.early_stop_window)
+                accuracy = self._accuracy_over_spread(load, method, branches,
+                                                      prediction.tokens_by(request.budget_s),
+                                                      request.max_tokens)
+                if accuracy is None:  # this model is not calibrated: the log B proxy
+                    accuracy = math.log(branches) / 100 if prediction.needed_s <= request.budget_s else -1.0
+                # The typical branch must finish: a plan whose branches the deadline cuts for
+                # most problems loads the pool for nothing, and its cut branches (too short to
+                # teach the speed factors) hide how slow it runs. Without this guard (screening
+                # run s3) plans of 5 to 8 branches at 0.5 s answered 495 of 500 cut.
+                typical_s = prediction.seconds_per_token * self.latency.expected_tokens(
+                    load.model_id, 1, request.max_tokens)
+                typical_fits = (prediction.needed_s - prediction.parts_s.get("decode", 0.0) + typical_s
+                                <= request.budget_s)
+                key = (typical_fits, round(accuracy, 4) if typical_fits else 0.0, -prediction.needed_s)
+                candidates[method, branches] = (key, prediction, accuracy, share)
+        return candidates
 
     @staticmethod
     def _check_one_branch(request: PlanRequest, single_s: float, where: str = "") -> None:
@@ -539,10 +663,18 @@ class Planner:
         return replace(load, inflight_branches=others)
 
     @staticmethod
-    def _steady_load(load: PoolLoad, branches: int) -> PoolLoad:
+    def _steady_stream(load: PoolLoad) -> int:
+        """The requests of the steady stream: those in flight lately (``recent_requests``), or
+        now if more, at least one."""
+        return max(1, round(max(load.recent_requests, load.cluster_active_requests)))
+
+    @classmethod
+    def _steady_load(cls, load: PoolLoad, branches: int, requests: int | None = None,
+                     co_busy: int = 0) -> PoolLoad:
         """The load a plan of ``branches`` is predicted under in the steady state: every request
-        in flight lately (``recent_requests``, those now included) running ``branches`` on this
-        pool, whatever runs there now. The plans in flight now are the stream's own earlier
+        in flight lately (``recent_requests``, those now included; or ``requests`` of them, the
+        pool's part of a split stream) running ``branches`` on this pool, whatever runs there
+        now, with ``co_busy`` other pools of its compute group decoding beside it. The plans in flight now are the stream's own earlier
         choices; sized on them (as ``_planning_load`` does), a request takes what they leave
         free, and a stream of such requests moves between plans instead of settling.
 
@@ -552,10 +684,10 @@ class Planner:
         the group's slowdown than the pool the stream was on, and the stream stayed there:
         in run t2 at 1 s it stayed on one branch of the plain pool (437 of 500 requests,
         37.6% against 41.0% for one branch of the speculating pool)."""
-        others = round(max(load.recent_requests, load.cluster_active_requests)) * branches
-        if others == load.inflight_branches and load.co_busy == 0:
+        others = (cls._steady_stream(load) if requests is None else requests) * branches
+        if others == load.inflight_branches and load.co_busy == co_busy:
             return load
-        return replace(load, inflight_branches=others, co_busy=0)
+        return replace(load, inflight_branches=others, co_busy=co_busy)
 
     @staticmethod
     def _fair_share(load: PoolLoad) -> int:
