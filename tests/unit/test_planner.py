@@ -733,3 +733,22 @@ def test_a_split_stream_holds_its_state_against_small_swings():
     # twice as slow: the held state's parts no longer finish, and the stream moves
     slower = {**loads, "plain": replace(loads["plain"], speed_factors={b: 2.0 for b in range(8)})}
     assert split.plan(ask, slower).stream_split != first.stream_split
+
+
+def test_a_split_stream_admits_a_request_on_another_part_before_turning_it_away():
+    from dataclasses import replace
+
+    planner, loads = setup(SPEC_NEVER_PAYS)
+    loads = {name: replace(load, recent_requests=8.0) for name, load in loads.items()}
+    ask = request(1.5, method="majority")
+    split = Planner(planner.latency, split_stream=True)
+    assert split.plan(ask, loads).stream_split == {"plain": 4, "spec": 4}
+    # The plain part is furthest below its share (no request on it), but 60 branches decode
+    # there now: one more would take 40 ms a token (4 s). The speculating part admits it.
+    jammed = {**loads, "plain": replace(loads["plain"], inflight_branches=60)}
+    plan = split.plan(ask, jammed)
+    assert plan.pool == "spec" and plan.stream_split == {"plain": 4, "spec": 4}
+    # with both pools jammed, one branch misses everywhere: 429
+    both = {name: replace(load, inflight_branches=60) for name, load in jammed.items()}
+    with pytest.raises(Infeasible):
+        split.plan(ask, both)
