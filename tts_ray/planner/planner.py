@@ -534,7 +534,7 @@ class Planner:
             if single_s <= request.budget_s or i == len(parts) - 1:
                 break
         self._check_one_branch(request, single_s)
-        key, prediction, accuracy, share = table(name, requests, co)[method, branches]
+        _, prediction, accuracy, share = table(name, requests, co)[method, branches]
         plan = self._make_plan(request, load, name, method, branches, prediction, accuracy, True, share,
                                sum(len(t) for t in tables.values()),
                                expected_cut=prediction.needed_s > request.budget_s)
@@ -681,16 +681,16 @@ class Planner:
         """The load a plan of ``branches`` is predicted under in the steady state: every request
         in flight lately (``recent_requests``, those now included; or ``requests`` of them, the
         pool's part of a split stream) running ``branches`` on this pool, whatever runs there
-        now, with ``co_busy`` other pools of its compute group decoding beside it. The plans in flight now are the stream's own earlier
-        choices; sized on them (as ``_planning_load`` does), a request takes what they leave
-        free, and a stream of such requests moves between plans instead of settling.
-
-        For the same reason the other pools of its compute group count as idle (``co_busy``
-        0): with the whole stream on this pool nothing of it runs beside it. Priced with the
-        device share the stream's present pool leaves it, every other pool looked slower by
-        the group's slowdown than the pool the stream was on, and the stream stayed there:
-        in run t2 at 1 s it stayed on one branch of the plain pool (437 of 500 requests,
-        37.6% against 41.0% for one branch of the speculating pool)."""
+        now, with ``co_busy`` other pools of its compute group decoding beside it. The plans in
+        flight now are the stream's own earlier choices; sized on them (as ``_planning_load``
+        does), a request takes what they leave free, and a stream of such requests moves between
+        plans instead of settling. For the same reason the other pools of its compute group
+        count as idle (``co_busy`` 0): with the whole stream on this pool nothing of it runs
+        beside it. Priced with the device share the stream's present pool leaves it, every other
+        pool looked slower by the group's slowdown than the pool the stream was on, and the
+        stream stayed there: in run t2 at 1 s it stayed on one branch of the plain pool (437 of
+        500 requests, 37.6% against 41.0% for one branch of the speculating pool).
+        """
         others = (cls._steady_stream(load) if requests is None else requests) * branches
         if others == load.inflight_branches and load.co_busy == co_busy:
             return load
