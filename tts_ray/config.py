@@ -241,6 +241,15 @@ class RouterConfig(_Strict):
                           "of actual / predicted over its requests of the last minute (a request "
                           "its deadline cut counts as over), so the predictions the planner sizes "
                           "plans by are unbiased; the per-branch speed factors stay beneath it.")
+    learn_group_slowdown: bool = Field(
+        True, description="Learn each pool's compute_group_slowdown from its branches: their speed "
+                          "against the profile while the group's other pools decoded beside them, "
+                          "over the pool's speed in the same concurrency band while they were "
+                          "idle. Used once 10 such branches have run (the configured "
+                          "compute_group_slowdown until then, and for pools never seen alone). "
+                          "On the CPU testbed a pool decoding beside the other ran about 1.6 "
+                          "times as slow as alone at a 1 s budget where 1.3 was configured, so "
+                          "a stream split over both was priced too cheaply.")
     plan_for_speed_spread: bool = Field(
         True, description="Rank plans by their expected accuracy over the spread of live decode "
                           "speed (each pool's recent branches, their speed against the "

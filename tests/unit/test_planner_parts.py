@@ -175,14 +175,102 @@ def test_keeper_learns_the_live_speed_and_the_prediction_error():
     assert slower.predicted_parts_s["decode"] == pytest.approx(100 * 0.01 * 1.5)
 
 
-def _shared_keeper(group: str | None = "node", slowdown: float = 1.0):
+def _shared_keeper(group: str | None = "node", slowdown: float = 1.0, clock=None, learn: bool = True):
     """Two one-replica pools of one model, k=0, both profiled at 0.01 s per token, flat."""
     config = AppConfig.model_validate({"generators": [
         {"name": name, "model_id": "m", "model_source": "x", "max_ongoing_requests": 16,
-         "compute_group": group, "compute_group_slowdown": slowdown} for name in ("a", "b")]})
+         "compute_group": group, "compute_group_slowdown": slowdown} for name in ("a", "b")],
+        "router": {"learn_group_slowdown": learn}})
     prof = ClusterProfile(device="x", pools={name: PoolProfile(model_id="m", curves=[SpeedCurve(
         num_speculative_tokens=0, concurrency=[1, 64], seconds_per_token=[0.01, 0.01])]) for name in "ab"})
-    return BudgetKeeper(config, prof, None, ewma_alpha=0.5, clock=FakeClock())
+    return BudgetKeeper(config, prof, None, ewma_alpha=0.5, clock=clock or FakeClock())
+
+
+def _speculating_b(keeper) -> None:
+    """Make pool b the one of k=4 (in the ledger and the profile): a request's k picks its pool."""
+    keeper.loads["b"].num_speculative_tokens = 4
+    keeper.latency.profile.pools["b"].curves[0].num_speculative_tokens = 4
+
+
+def _one_branch(keeper, clock, name: str, k: int, elapsed_s: float, busy_share: float = 1.0) -> None:
+    """One request of one branch on the pool of draft length ``k``, 100 tokens in ``elapsed_s``;
+    the other pool's request ``"busy"`` (if in flight) stays busy for the first ``busy_share``
+    of it and is then released. The clock moves by 1% of ``elapsed_s`` (only the busy share
+    of the request's life matters here), so the speed factors hardly fade in between."""
+    lived_s = elapsed_s / 100
+    keeper.admit(name, PlanRequest(budget_s=100, max_tokens=100, method="majority", branches=1,
+                                   num_speculative_tokens=k))
+    if busy_share < 1.0:
+        clock.now += lived_s * busy_share
+        keeper.release("busy")
+        clock.now += lived_s * (1 - busy_share)
+    else:
+        clock.now += lived_s
+    keeper.release(name, [BranchObservation(num_tokens=100, elapsed_s=elapsed_s)])
+
+
+def test_the_group_slowdown_is_learned_from_branches_alone_and_beside_a_busy_pool():
+    clock = FakeClock()
+    keeper = _shared_keeper(slowdown=0.3, clock=clock)
+    _speculating_b(keeper)
+    _one_branch(keeper, clock, "alone", 0, 2.0)  # pool a alone: twice the profile
+    assert keeper.status()["pools"]["a"]["group_slowdown_samples"] == 0
+    keeper.admit("busy", PlanRequest(budget_s=100, max_tokens=100, method="majority", branches=4,
+                                     num_speculative_tokens=4))
+    for i in range(9):  # beside busy b: three times the profile, 1.5 times a's speed alone
+        _one_branch(keeper, clock, f"shared{i}", 0, 3.0)
+    assert keeper.loads["a"].group_slowdown == pytest.approx(0.3)  # too few samples: the configured one
+    _one_branch(keeper, clock, "shared9", 0, 3.0)
+    status = keeper.status()["pools"]["a"]
+    assert status["group_slowdown"] == pytest.approx(0.5) and status["group_slowdown_samples"] == 10
+    assert status["contention"] == pytest.approx(1.5)  # b is still busy
+    # The next plan on a beside busy b is priced at the learned slowdown
+    factor = keeper.loads["a"].speed_factor_at(1)
+    plan = keeper.admit("next", PlanRequest(budget_s=100, max_tokens=100, method="majority", branches=1,
+                                            num_speculative_tokens=0))
+    assert plan.pool == "a" and plan.predicted_parts_s["decode"] == pytest.approx(100 * 0.01 * factor * 1.5)
+    # b was never alone: nothing to compare its speed with, it keeps the configured slowdown
+    assert keeper.loads["b"].group_slowdown == pytest.approx(0.3)
+
+
+def test_a_learned_slowdown_keeps_the_speed_factor_at_the_pools_speed_alone():
+    clock = FakeClock()
+    keeper = _shared_keeper(slowdown=0.3, clock=clock)
+    _speculating_b(keeper)
+    _one_branch(keeper, clock, "alone", 0, 2.0)
+    keeper.admit("busy", PlanRequest(budget_s=100, max_tokens=100, method="majority", branches=4,
+                                     num_speculative_tokens=4))
+    for i in range(30):
+        _one_branch(keeper, clock, f"shared{i}", 0, 3.0)
+    # 3 s beside b = 2 (alone) x 1.5 (learned): the factor of one sequence settles back at 2;
+    # priced with the configured 0.3 it would read 3 / 1.3 = 2.31 for the pool alone
+    assert keeper.loads["a"].speed_factor_at(1) == pytest.approx(2.0, abs=0.01)
+
+
+def test_branches_beside_a_neighbour_for_part_of_their_life_teach_no_slowdown():
+    clock = FakeClock()
+    keeper = _shared_keeper(slowdown=0.3, clock=clock)
+    _speculating_b(keeper)
+    _one_branch(keeper, clock, "alone", 0, 2.0)
+    for i in range(12):  # b busy for the first 30% of each branch's life only
+        keeper.admit("busy", PlanRequest(budget_s=100, max_tokens=100, method="majority", branches=4,
+                                         num_speculative_tokens=4))
+        _one_branch(keeper, clock, f"mixed{i}", 0, 3.0, busy_share=0.3)
+    assert keeper.status()["pools"]["a"]["group_slowdown_samples"] == 0
+    assert keeper.loads["a"].group_slowdown == pytest.approx(0.3)
+
+
+def test_the_group_slowdown_stays_configured_when_learning_is_off():
+    clock = FakeClock()
+    keeper = _shared_keeper(slowdown=0.3, clock=clock, learn=False)
+    _speculating_b(keeper)
+    _one_branch(keeper, clock, "alone", 0, 2.0)
+    keeper.admit("busy", PlanRequest(budget_s=100, max_tokens=100, method="majority", branches=4,
+                                     num_speculative_tokens=4))
+    for i in range(12):
+        _one_branch(keeper, clock, f"shared{i}", 0, 3.0)
+    assert keeper.loads["a"].group_slowdown == pytest.approx(0.3)
+    assert keeper.status()["pools"]["a"]["group_slowdown_samples"] == 0
 
 
 def test_the_live_speed_factor_is_learned_per_concurrency_band():

@@ -18,6 +18,7 @@ from tts_ray.planner.early_stop import wave_sizes
 from tts_ray.planner.latency import (
     LatencyModel,
     PoolLoad,
+    band_factor,
     carried_factor,
     concurrency_band,
     live_seconds_per_token,
@@ -57,6 +58,18 @@ SPREAD_WINDOW = 200
 SPREAD_MIN_OBSERVED = 20
 SPREAD_MAX_AGE_S = 60.0
 SPREAD_RANGE = (0.25, 4.0)
+# The live compute-group slowdown (router.learn_group_slowdown): each pool's branches that ran
+# with none of its group's other pools busy (mean busy neighbours over their life at most
+# ALONE_MAX_CO_BUSY) teach its alone speed per concurrency band (observed / profiled seconds
+# per token, an EWMA); each branch that ran beside busy neighbours (at least
+# SHARED_MIN_CO_BUSY of them on average) gives a sample (its speed / the alone speed of its
+# band - 1) / its mean busy neighbours. With GROUP_SLOWDOWN_MIN_OBSERVED samples, the pool's
+# group slowdown is the median of the last GROUP_SLOWDOWN_WINDOW, within GROUP_SLOWDOWN_RANGE.
+ALONE_MAX_CO_BUSY = 0.1
+SHARED_MIN_CO_BUSY = 0.5
+GROUP_SLOWDOWN_WINDOW = 100
+GROUP_SLOWDOWN_MIN_OBSERVED = 10
+GROUP_SLOWDOWN_RANGE = (0.0, 3.0)
 RECENT_REQUESTS_ALPHA = 0.2  # weight of each admission in the recent-requests average
 # The recent number of requests is at least the most in flight at any admission of the last
 # RECENT_PEAK_WINDOW_S: the first admissions of a burst find few in flight and would pull the
@@ -82,7 +95,7 @@ class _Admitted:
     branches: int
     concurrency: int
     admitted_at: float
-    contention: float = 1.0  # the pool's contention factor when it was admitted
+    co_busy: int = 0  # its group's other pools busy when it was admitted
     predicted_work_s: float | None = None  # predicted prefill + decode, uncorrected
     predicted_fixed_s: float = 0.0  # predicted merge + scoring: not corrected, taken off the actual
     fits: bool = True  # the plan's prediction (corrected, with the reserve) was inside the budget
@@ -101,6 +114,8 @@ class _Admitted:
     # its life, set at its release (see BudgetKeeper._integrate_running)
     running_integral_at: float = 0.0
     lived_concurrency: float | None = None
+    # the pool's busy-neighbour integral when it was admitted (see BudgetKeeper._integrate_co_busy)
+    co_busy_integral_at: float = 0.0
     first_wave: int = 0  # the branches it runs at once (all of them, or early stopping's first window)
 
 
@@ -162,6 +177,16 @@ class BudgetKeeper:
         self.running_branches: dict[str, int] = dict.fromkeys(self.loads, 0)
         self.running_integral: dict[str, float] = dict.fromkeys(self.loads, 0.0)
         self.running_integrated_at: dict[str, float] = dict.fromkeys(self.loads, self.clock())
+        # per pool: the integral over time of its group's other pools busy (co_busy), and when it
+        # was last moved on; its alone speed per band and its recent slowdown samples (see
+        # GROUP_SLOWDOWN_*), and the configured slowdown it falls back to
+        self.co_busy_integral: dict[str, float] = dict.fromkeys(self.loads, 0.0)
+        self.co_busy_integrated_at: dict[str, float] = dict.fromkeys(self.loads, self.clock())
+        self.learn_slowdown = config.router.learn_group_slowdown
+        self.alone_factors: dict[str, dict[int, float]] = {name: {} for name in self.loads}
+        self.slowdown_samples: dict[str, deque[float]] = {
+            name: deque(maxlen=GROUP_SLOWDOWN_WINDOW) for name in self.loads}
+        self.configured_slowdown = {name: load.group_slowdown for name, load in self.loads.items()}
 
     def _recent_peak(self, active: int) -> int:
         """The most requests in flight at an admission of the last ``RECENT_PEAK_WINDOW_S``,
@@ -191,6 +216,17 @@ class BudgetKeeper:
         self.running_integral[pool] += self.running_branches[pool] * (now - self.running_integrated_at[pool])
         self.running_integrated_at[pool] = now
         return self.running_integral[pool]
+
+    def _integrate_co_busy(self) -> None:
+        """Move every pool's busy-neighbour integral (pool-seconds) on to now. Called before
+        every change of ``co_busy`` (``_refresh_contention``): between changes it is constant.
+        A request's share of it over its life is how many of its group's other pools decoded
+        beside it on average, which the counts at its admission and release can miss both
+        ways (a neighbour that starts and stops in between)."""
+        now = self.clock()
+        for name, load in self.loads.items():
+            self.co_busy_integral[name] += load.co_busy * (now - self.co_busy_integrated_at[name])
+            self.co_busy_integrated_at[name] = now
 
     def merge_margin_s(self) -> float:
         """The margin kept before the deadline for stopping branches, merging and answering:
@@ -256,10 +292,12 @@ class BudgetKeeper:
         fits = plan.predicted_s is not None and \
             plan.predicted_s + (self.latency.deadline_reserve_s if self.latency else 0.0) <= request.budget_s
         self.admitted[request_id] = _Admitted(plan.pool, plan.num_branches, concurrency, self.clock(),
-                                              contention=load.contention, predicted_work_s=work_s, fits=fits,
+                                              co_busy=load.co_busy, predicted_work_s=work_s, fits=fits,
                                               predicted_fixed_s=parts.get("merge", 0.0) + parts.get("score", 0.0),
                                               speed_factor=self._planned_factor(plan.pool, concurrency),
                                               running_integral_at=integral, first_wave=first_wave)
+        self._integrate_co_busy()
+        self.admitted[request_id].co_busy_integral_at = self.co_busy_integral[plan.pool]
         if plan.seconds_per_token and plan.deadline_tokens is not None:
             entry = self.admitted[request_id]
             entry.tracked = True
@@ -325,14 +363,17 @@ class BudgetKeeper:
         if needed_margin_s is not None and needed_margin_s >= 0:
             self.needed_margins = (self.needed_margins + [(self.clock(), needed_margin_s)])[-MARGIN_WINDOW:]
         load = self.loads[entry.pool]
-        # The branches ran under the contention seen at admission and at release (between
-        # them is unknown): the mean is what their speed is compared with. Contention is
-        # current: every change of a pool's in-flight branches (admit, release) refreshes it.
-        contention = (entry.contention + load.contention) / 2
+        # The branches ran beside the mean number of busy neighbours over their life: that is
+        # what their speed is compared with (without a span of time, the mean of the counts at
+        # admission and release). Contention is current: every change of a pool's in-flight
+        # branches (admit, release) refreshes it.
         lived_s = self.clock() - entry.admitted_at
+        co_busy = (entry.co_busy + load.co_busy) / 2
         if lived_s > 0:
             shared = self._integrate_running(entry.pool) - entry.running_integral_at
             entry.lived_concurrency = shared / lived_s / load.replicas
+            self._integrate_co_busy()
+            co_busy = (self.co_busy_integral[entry.pool] - entry.co_busy_integral_at) / lived_s
         self.running_branches[entry.pool] = max(0, self.running_branches[entry.pool] - entry.first_wave)
         load.inflight_branches = max(0, load.inflight_branches - entry.branches)
         load.active_requests = max(0, load.active_requests - 1)
@@ -343,7 +384,7 @@ class BudgetKeeper:
             self.errors = (self.errors + [error])[-ERROR_WINDOW:]
             self.errors_by_pool[entry.pool] = (self.errors_by_pool[entry.pool] + [error])[-ERROR_WINDOW:]
         for obs in observations or []:
-            self._observe(entry, obs, contention)
+            self._observe(entry, obs, co_busy)
         if not entry.predicted_work_s or (cut and not entry.fits):
             return  # a plan predicted over its budget was expected to be cut: that says nothing
         if cut or actual_s is not None:
@@ -448,6 +489,7 @@ class BudgetKeeper:
 
     def _refresh_contention(self) -> None:
         """Count, for every pool, the other pools of its compute group with branches in flight."""
+        self._integrate_co_busy()  # up to now at the old counts
         for name, load in self.loads.items():
             load.co_busy = 0 if load.compute_group is None else sum(
                 1 for other, o in self.loads.items()
@@ -463,7 +505,10 @@ class BudgetKeeper:
         curve = self.latency.profile.pools[pool].curve(load.num_speculative_tokens)
         return live_seconds_per_token(curve, load, concurrency) / curve.seconds_per_token_at(concurrency)
 
-    def _observe(self, entry: _Admitted, obs: BranchObservation, contention: float = 1.0) -> None:
+    def _observe(self, entry: _Admitted, obs: BranchObservation, co_busy: float = 0.0) -> None:
+        """Learn from one finished branch of ``entry``, which ran beside ``co_busy`` busy pools of
+        its compute group on average: the pool's tokens per step, its group slowdown
+        (``_learn_slowdown``) and the speed factor of the band it ran in."""
         load = self.loads[entry.pool]
         if obs.spec_verify_steps:
             tps = (obs.spec_verify_steps + (obs.spec_accepted_tokens or 0)) / obs.spec_verify_steps
@@ -478,7 +523,12 @@ class BudgetKeeper:
                 (obs.num_tokens < MIN_TOKENS_OBSERVED and not obs.stopped) or obs.num_tokens < 1:
             return
         curve = self.latency.profile.pools[entry.pool].curve(load.num_speculative_tokens)
-        observed_spt = max(obs.elapsed_s - curve.prefill_s * contention, 1e-6) / obs.num_tokens
+        lived = max(1, round(entry.lived_concurrency)) if entry.lived_concurrency else entry.concurrency
+        observed_spt = max(obs.elapsed_s - curve.prefill_s * (1 + load.group_slowdown * co_busy), 1e-6) \
+            / obs.num_tokens
+        if self.learn_slowdown and load.compute_group is not None:
+            self._learn_slowdown(entry.pool, observed_spt / curve.seconds_per_token_at(lived), lived, co_busy)
+        contention = 1 + load.group_slowdown * co_busy
 
         def ratio_at(concurrency: float) -> float:
             predicted_spt = curve.seconds_per_token_at(concurrency) * contention
@@ -491,7 +541,6 @@ class BudgetKeeper:
         # the steady stream does not have: in screening at 3 s (2026-12-03) the first branches
         # of a fixed four-branch row, admitted at 4 to 12 sequences, read 3 to 5 times the
         # profile there, and 1.6 to 2.3 times it at the 30 or so they ran among.
-        lived = max(1, round(entry.lived_concurrency)) if entry.lived_concurrency else entry.concurrency
         ratio = ratio_at(lived)
         self._fade_speed_factors()
         current = load.speed_factor_at(lived)  # a new band starts from its neighbours or 1
@@ -504,6 +553,32 @@ class BudgetKeeper:
         band = concurrency_band(lived)
         load.speed_factors[band] = current + self.ewma_alpha * (ratio - current)
         self.band_observed_at[entry.pool][band] = self.clock()
+
+    def _learn_slowdown(self, pool: str, ratio: float, concurrency: int, co_busy: float) -> None:
+        """Learn ``pool``'s group slowdown from one branch that decoded at ``ratio`` times its
+        profiled seconds per token at ``concurrency`` per replica, beside ``co_busy`` busy pools of
+        its group on average (see GROUP_SLOWDOWN_*): alone, it teaches the pool's alone speed
+        in its band; beside busy neighbours, its speed over the alone speed of its band (or the
+        bands next to it, or the nearest below) is a sample. Why: the configured slowdown is a
+        guess, and a wrong one is not corrected by the speed factors. They divide it out of
+        what a branch beside busy neighbours teaches, so with too small a slowdown every band
+        the split stream teaches reads slow for the pool alone too, and the single-pool plans
+        look slower than they run: on the CPU testbed (run y2 at 1 s) each pool read about 2
+        times the profile beside the other with 0.3 configured, 1.5 to 1.8 alone."""
+        ratio = min(max(ratio, SPEED_FACTOR_RANGE[0]), SPEED_FACTOR_RANGE[1])
+        band = concurrency_band(concurrency)
+        alone = self.alone_factors[pool]
+        if co_busy <= ALONE_MAX_CO_BUSY:
+            alone[band] = ratio if band not in alone else alone[band] + self.ewma_alpha * (ratio - alone[band])
+            return
+        reference = band_factor(alone, band)
+        if co_busy < SHARED_MIN_CO_BUSY or reference is None:
+            return
+        samples = self.slowdown_samples[pool]
+        samples.append((ratio / reference - 1) / co_busy)
+        if len(samples) >= GROUP_SLOWDOWN_MIN_OBSERVED:
+            self.loads[pool].group_slowdown = min(max(percentile(list(samples), 50), GROUP_SLOWDOWN_RANGE[0]),
+                                                  GROUP_SLOWDOWN_RANGE[1])
 
     def set_replicas(self, pool: str, replicas: int) -> None:
         """Follow autoscaling: the running replica count of ``pool``."""
@@ -523,6 +598,9 @@ class BudgetKeeper:
                              "speed_factor_by_concurrency": {f"<={2 ** band}": round(f, 4)
                                                              for band, f in sorted(l.speed_factors.items())},
                              "compute_group": l.compute_group, "contention": l.contention,
+                             # learned (router.learn_group_slowdown) or the configured one
+                             "group_slowdown": round(l.group_slowdown, 4),
+                             "group_slowdown_samples": len(self.slowdown_samples[name]),
                              "latency_correction": round(l.latency_correction, 4),
                              "speed_spread": list(l.speed_spread),
                              "tokens_per_step": self.tokens_per_step[name],

@@ -56,14 +56,8 @@ class PoolLoad:
         profile at 8 sequences is not faster at 64: read at the profile's speed, the unlearned
         bands made the plans that would run there look fast. (A band taught once and left
         fades otherwise: ``BudgetKeeper._fade_speed_factors``.)"""
-        band = concurrency_band(concurrency)
-        if band in self.speed_factors:
-            return self.speed_factors[band]
-        neighbours = [self.speed_factors[b] for b in (band - 1, band + 1) if b in self.speed_factors]
-        if neighbours:
-            return sum(neighbours) / len(neighbours)
-        carried = carried_factor(self.speed_factors, band, from_above=False)
-        return 1.0 if carried is None else carried
+        factor = band_factor(self.speed_factors, concurrency_band(concurrency))
+        return 1.0 if factor is None else factor
 
     @property
     def contention(self) -> float:
@@ -71,6 +65,18 @@ class PoolLoad:
         ``group_slowdown`` for each busy pool of its compute group (with 1.0, n engines
         time-sharing a device each get 1/n of it)."""
         return 1 + self.group_slowdown * self.co_busy
+
+
+def band_factor(factors: dict[int, float], band: int) -> float | None:
+    """What ``band`` reads among ``factors`` (band -> factor) as ``PoolLoad.speed_factor_at``
+    reads them: its own; else the mean of the bands right next to it; else the highest band's
+    below it (``carried_factor``); None when there is none."""
+    if band in factors:
+        return factors[band]
+    neighbours = [factors[b] for b in (band - 1, band + 1) if b in factors]
+    if neighbours:
+        return sum(neighbours) / len(neighbours)
+    return carried_factor(factors, band, from_above=False)
 
 
 def carried_factor(factors: dict[int, float], band: int, from_above: bool = True) -> float | None:
