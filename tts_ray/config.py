@@ -250,6 +250,14 @@ class RouterConfig(_Strict):
                           "On the CPU testbed a pool decoding beside the other ran about 1.6 "
                           "times as slow as alone at a 1 s budget where 1.3 was configured, so "
                           "a stream split over both was priced too cheaply.")
+    speed_carry: Literal["factor", "excess"] = Field(
+        "factor", description="What a concurrency band no branch has taught lately reads from the "
+                              "nearest band below it that one has: \"factor\", its ratio to the "
+                              "profile (the time per token scales with the machine); \"excess\", "
+                              "its excess seconds per token over the profile (the serving stack "
+                              "adds about the same time to each decode step, which weighs less in "
+                              "a larger batch's longer steps). Either way a band above never reads "
+                              "faster than the profile if the band below is slower.")
     plan_for_speed_spread: bool = Field(
         True, description="Rank plans by their expected accuracy over the spread of live decode "
                           "speed (each pool's recent branches, their speed against the "

@@ -21,6 +21,7 @@ from tts_ray.planner.early_stop import (
     wave_sizes,
 )
 from tts_ray.planner.keeper import BranchObservation, BudgetKeeper
+from tts_ray.planner.latency import band_factor, carried_factor
 from tts_ray.planner.planner import Infeasible, PlanRequest
 from tts_ray.planner.profile import ClusterProfile, PoolProfile, SpeedCurve
 
@@ -299,6 +300,35 @@ def test_the_live_speed_factor_is_learned_per_concurrency_band():
     assert status["speed_factor"] == pytest.approx(1.75)  # idle: one sequence
     alone = keeper.admit("next", PlanRequest(budget_s=100, max_tokens=100, method="majority", branches=1))
     assert alone.predicted_parts_s["decode"] == pytest.approx(100 * 0.01 * 1.75)
+
+
+def test_a_factor_carried_up_keeps_its_excess_seconds_per_token():
+    spt = {3: 0.01, 4: 0.015, 5: 0.02}  # the profile at 8, 16, 32 sequences
+    assert carried_factor({3: 1.5}, 5, band_seconds_per_token=spt) == pytest.approx(1.25)
+    assert carried_factor({3: 0.8}, 5, band_seconds_per_token=spt) == pytest.approx(0.9)  # faster: nearer 1 too
+    assert carried_factor({3: 1.5}, 5) == pytest.approx(1.5)  # without the profile: the ratio
+    # carried down, the ratio (the excess of a large batch would make one branch look slow)
+    assert carried_factor({5: 2.0}, 3, band_seconds_per_token=spt) == pytest.approx(2.0)
+    # a band with a taught neighbour takes the neighbours' mean, not a carried value
+    assert band_factor({3: 1.5}, 4, spt) == pytest.approx(1.5)
+
+
+def test_the_keeper_prices_bands_nothing_taught_by_the_excess_with_speed_carry_excess():
+    def keeper(carry):
+        config = AppConfig.model_validate({"generators": [
+            {"name": "a", "model_id": "m", "model_source": "x", "max_ongoing_requests": 64}],
+            "router": {"speed_carry": carry}})
+        prof = ClusterProfile(device="x", pools={"a": PoolProfile(model_id="m", curves=[SpeedCurve(
+            num_speculative_tokens=0, concurrency=[1, 32], seconds_per_token=[0.01, 0.04])])})
+        return BudgetKeeper(config, prof, None, ewma_alpha=0.5, clock=FakeClock())
+
+    for carry, factor_at_32 in (("factor", 2.0), ("excess", 1 + (2.0 - 1) * 0.01 / 0.04)):
+        k = keeper(carry)
+        k.loads["a"].speed_factors = {0: 2.0}  # one sequence: twice the profile
+        assert k.loads["a"].speed_factor_at(32) == pytest.approx(factor_at_32)
+        plan = k.admit("r", PlanRequest(budget_s=100, max_tokens=100, method="majority", branches=32))
+        assert plan.predicted_parts_s["decode"] == pytest.approx(100 * 0.04 * factor_at_32)
+    assert keeper("factor").loads["a"].band_seconds_per_token == {}
 
 
 def test_pools_sharing_a_device_slow_each_other_down():

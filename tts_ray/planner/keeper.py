@@ -70,6 +70,9 @@ SHARED_MIN_CO_BUSY = 0.5
 GROUP_SLOWDOWN_WINDOW = 100
 GROUP_SLOWDOWN_MIN_OBSERVED = 10
 GROUP_SLOWDOWN_RANGE = (0.0, 3.0)
+# router.speed_carry "excess": the bands (up to 2 ** 15 sequences a replica) whose profiled
+# seconds per token the keeper gives each pool's load (PoolLoad.band_seconds_per_token)
+BANDS_WITH_EXCESS = 16
 RECENT_REQUESTS_ALPHA = 0.2  # weight of each admission in the recent-requests average
 # The recent number of requests is at least the most in flight at any admission of the last
 # RECENT_PEAK_WINDOW_S: the first admissions of a burst find few in flight and would pull the
@@ -152,6 +155,12 @@ class BudgetKeeper:
                 num_speculative_tokens=pool.speculative.num_speculative_tokens if pool.speculative else 0,
                 replicas=max(1, replicas), slots_per_replica=pool.max_ongoing_requests,
                 compute_group=pool.compute_group, group_slowdown=pool.compute_group_slowdown)
+        if config.router.speed_carry == "excess" and self.latency is not None:
+            for name, load in self.loads.items():
+                if self.latency.knows(name):
+                    curve = self.latency.profile.pools[name].curve(load.num_speculative_tokens)
+                    load.band_seconds_per_token = {band: curve.seconds_per_token_at(2 ** band)
+                                                   for band in range(BANDS_WITH_EXCESS)}
         self.tokens_per_step: dict[str, float | None] = dict.fromkeys(self.loads)
         self.admitted: dict[str, _Admitted] = {}
         self.counts = {"admitted": 0, "rejected": 0, "released": 0}
@@ -479,9 +488,9 @@ class BudgetKeeper:
                 if band in group_live:
                     rest = group_live[band]
                 else:
-                    carried = carried_factor(live[name], band)
+                    carried = carried_factor(live[name], band, band_seconds_per_token=load.band_seconds_per_token)
                     if carried is None:
-                        carried = carried_factor(group_live, band)
+                        carried = carried_factor(group_live, band, band_seconds_per_token=load.band_seconds_per_token)
                     rest = 1.0 if carried is None else carried
                 faded[band] = rest + (f - rest) * fade
             load.speed_factors = faded

@@ -43,12 +43,17 @@ class PoolLoad:
     # live decode speed's spread (set by the keeper): recent branches' observed / predicted
     # seconds per token at SPREAD_QUANTILES, over their median; (1.0,): the prediction alone
     speed_spread: tuple[float, ...] = (1.0,)
+    # the profile's seconds per token at the top of each concurrency band (2 ** band sequences;
+    # set by the keeper with router.speed_carry "excess"): a factor carried up to a band nothing
+    # taught keeps the excess seconds per token of the band it comes from (``carried_factor``);
+    # empty: the factor itself is carried
+    band_seconds_per_token: dict[int, float] = field(default_factory=dict)
 
     def speed_factor_at(self, concurrency: int) -> float:
         """The live correction at ``concurrency`` sequences per replica: the factor learned in
         its band (``concurrency_band``); else the mean of the factors learned in the bands
-        right next to it; else the highest learned band's below it (``carried_factor``); else
-        1 (the profile). Banded because the profile's error depends on the load: a factor
+        right next to it; else the highest learned band's below it, carried up
+        (``carried_factor``); else 1 (the profile). Banded because the profile's error depends on the load: a factor
         learned while 16-branch requests overran the engine (4.8x on the testbed) says nothing
         about one branch alone, and as one number it sent the next requests to the other pool.
         For the same reason a band never borrows from a band two or more steps *above* it: the
@@ -56,7 +61,7 @@ class PoolLoad:
         profile at 8 sequences is not faster at 64: read at the profile's speed, the unlearned
         bands made the plans that would run there look fast. (A band taught once and left
         fades otherwise: ``BudgetKeeper._fade_speed_factors``.)"""
-        factor = band_factor(self.speed_factors, concurrency_band(concurrency))
+        factor = band_factor(self.speed_factors, concurrency_band(concurrency), self.band_seconds_per_token)
         return 1.0 if factor is None else factor
 
     @property
@@ -67,27 +72,46 @@ class PoolLoad:
         return 1 + self.group_slowdown * self.co_busy
 
 
-def band_factor(factors: dict[int, float], band: int) -> float | None:
+def band_factor(factors: dict[int, float], band: int,
+                band_seconds_per_token: dict[int, float] | None = None) -> float | None:
     """What ``band`` reads among ``factors`` (band -> factor) as ``PoolLoad.speed_factor_at``
     reads them: its own; else the mean of the bands right next to it; else the highest band's
-    below it (``carried_factor``); None when there is none."""
+    below it, carried up (``carried_factor``); None when there is none."""
     if band in factors:
         return factors[band]
     neighbours = [factors[b] for b in (band - 1, band + 1) if b in factors]
     if neighbours:
         return sum(neighbours) / len(neighbours)
-    return carried_factor(factors, band, from_above=False)
+    return carried_factor(factors, band, from_above=False, band_seconds_per_token=band_seconds_per_token)
 
 
-def carried_factor(factors: dict[int, float], band: int, from_above: bool = True) -> float | None:
+def carried_factor(factors: dict[int, float], band: int, from_above: bool = True,
+                   band_seconds_per_token: dict[int, float] | None = None) -> float | None:
     """The factor of the band nearest ``band`` among ``factors`` (band -> factor): the highest
     one below it, else (with ``from_above``) the lowest one above it; None when there is none:
     what a band nothing has taught (lately) reads. Below first because a slow single branch
     says more about a batch above it (the machine is slower) than a batch that overran the
-    engine says about one branch alone."""
+    engine says about one branch alone.
+
+    With ``band_seconds_per_token`` (the profile's seconds per token at each band's top), a
+    factor carried up keeps its band's excess seconds per token over the profile, not its
+    ratio: 1 + (factor - 1) x the profile's time per token there / at ``band``. The serving
+    stack adds time to every decode step (the router, Ray Serve, streaming each token back)
+    that the profile of the bare engine does not have, and it weighs less in the longer steps
+    of a larger batch: on the CPU testbed (run y2 at 4 s, the band each fixed row ran in) one
+    branch a request read 1.48 (spec) and 1.61 (plain) times the profile at 5 to 8 sequences,
+    eight branches 0.83 and 0.78 at 33 to 64. Carried as a ratio from one branch's band (1.5),
+    four branches on spec do not finish at 2 s in the steady-state ranking, and the stream
+    kept one branch (runs y1, y2), where the fixed four scored 1.6 and 5 points more. A factor
+    carried down keeps its ratio (the excess of a batch that overran the engine would make
+    one branch look several times slower)."""
     below = [b for b in factors if b < band]
     if below:
-        return factors[max(below)]
+        source = max(below)
+        spt = band_seconds_per_token or {}
+        if source in spt and band in spt and spt[band] > 0:
+            return 1 + (factors[source] - 1) * spt[source] / spt[band]
+        return factors[source]
     above = [b for b in factors if b > band] if from_above else []
     return factors[min(above)] if above else None
 
