@@ -752,3 +752,24 @@ def test_a_split_stream_admits_a_request_on_another_part_before_turning_it_away(
     both = {name: replace(load, inflight_branches=60) for name, load in jammed.items()}
     with pytest.raises(Infeasible):
         split.plan(ask, both)
+
+
+def test_a_split_stream_takes_the_quicker_pool_for_the_same_plan_within_the_switch_margin():
+    from dataclasses import replace
+
+    planner, loads = setup(SPEC_PAYS_SMALL, lengths=tuple(range(60, 160, 5)))
+    # One device that halves each engine beside the other (no split pays); one branch each.
+    # The speculating pool decodes one branch a request twice as fast (5 ms a token at 8
+    # sequences against 10.2), but a slow tail in its speed spread (one quantile at 2.2x)
+    # costs it expected accuracy.
+    shared = {"recent_requests": 8.0, "compute_group": "node", "group_slowdown": 1.0}
+    tail = {"spec": replace(loads["spec"], speed_spread=(1.0, 1.0, 1.0, 1.0, 2.2), **shared),
+            "plain": replace(loads["plain"], **shared)}
+    split = Planner(planner.latency, split_stream=True)
+    # At 1.6 s it is 1.4 points less accurate (0.432 against 0.447): within 2 points, the
+    # quicker pool runs the stream.
+    close = split.plan(request(1.6, method="majority", max_branches=1), tail)
+    assert (close.pool, close.stream_split) == ("spec", {"spec": 8})
+    # At 1.8 s, 2.3 points (0.447 against 0.470): the more accurate pool.
+    apart = Planner(planner.latency, split_stream=True).plan(request(1.8, method="majority", max_branches=1), tail)
+    assert (apart.pool, apart.stream_split) == ("plain", {"plain": 8})
