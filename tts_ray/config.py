@@ -247,9 +247,9 @@ class RouterConfig(_Strict):
                           "over the pool's speed in the same concurrency band while they were "
                           "idle. Used once 10 such branches have run (the configured "
                           "compute_group_slowdown until then, and for pools never seen alone). "
-                          "On the CPU testbed a pool decoding beside the other ran about 1.6 "
-                          "times as slow as alone at a 1 s budget where 1.3 was configured, so "
-                          "a stream split over both was priced too cheaply.")
+                          "On the CPU testbed (run z1) it learned 0.75 for the speculating "
+                          "pool and 1.05 for the plain one where 0.3 was configured, so a "
+                          "stream split over both had been priced too cheaply.")
     speed_carry: Literal["factor", "excess"] = Field(
         "factor", description="What a concurrency band no branch has taught lately reads from the "
                               "nearest band below it that one has: \"factor\", its ratio to the "
