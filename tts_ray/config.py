@@ -418,5 +418,5 @@ def load_app_config(path: str | Path) -> AppConfig:
     if isinstance(data, dict) and "applications" in data:
         data = data["applications"][0].get("args", {})
     if not isinstance(data, dict):
-        raise ValueError(f"{path} holds no tts_ray app config")
+        raise ValueError(f"{path} holds no tts_ray app config")  # noqa: TRY004 - a bad file, not a bad argument
     return AppConfig.model_validate(data)

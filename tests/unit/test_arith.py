@@ -6,7 +6,14 @@ import random
 import pytest
 
 from tts_ray.testbed.arith import (
-    LEVELS, apply_op, arith500, generate_problem, iter_train_problems, noisy_solution, sha256_of, slip,
+    LEVELS,
+    apply_op,
+    arith500,
+    generate_problem,
+    iter_train_problems,
+    noisy_solution,
+    sha256_of,
+    slip,
 )
 from tts_ray.testbed.steps import label_steps, parse_boxed, parse_step, split_steps
 
@@ -34,7 +41,7 @@ def test_reference_solutions_are_exact_chains():
         lines = split_steps(record["solution"])
         steps = [parse_step(line) for line in lines[:-1]]
         assert all(s is not None and s.holds() for s in steps), record
-        for prev, nxt in zip(steps, steps[1:]):
+        for prev, nxt in itertools.pairwise(steps):
             assert nxt.left == prev.result
         assert parse_boxed(lines[-1]) == steps[-1].result == int(record["answer"])
         lo, hi = LEVELS[record["level"]].num_ops

@@ -80,7 +80,8 @@ def test_gpu_bench_configs_validate_and_use_random_weights(path: Path):
     config = load_app_config(path)
     for pool in config.generators:
         assert pool.engine_kwargs["load_format"] == "dummy"
-        assert pool.accelerator_type and pool.max_ongoing_requests >= 256 >= 64 == config.router.max_branches
+        assert pool.accelerator_type and pool.max_ongoing_requests >= 256
+    assert config.router.max_branches == 64
     assert config.generators[0].speculative is None  # the plain pool is the one measured through the service
     assert sum(p.num_gpus or 1 for p in config.generators) <= 1
 

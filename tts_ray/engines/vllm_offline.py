@@ -33,8 +33,8 @@ def generator_llm(target: str | Path, draft: str | Path | None = None, num_specu
     prepare_cpu_env()
     from vllm import LLM
 
-    kwargs = dict(gpu_memory_utilization=CPU_GPU_MEMORY_UTILIZATION, max_model_len=MAX_MODEL_LEN,
-                  disable_log_stats=False)
+    kwargs = {"gpu_memory_utilization": CPU_GPU_MEMORY_UTILIZATION, "max_model_len": MAX_MODEL_LEN,
+              "disable_log_stats": False}
     if draft is not None:
         kwargs["speculative_config"] = {"method": "draft_model", "model": str(draft),
                                         "num_speculative_tokens": num_speculative_tokens}

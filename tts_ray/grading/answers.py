@@ -68,5 +68,5 @@ def is_equivalent(predicted: str | None, gold: str | None) -> bool:
         if not gold_parsed or not pred_parsed:
             return False
         return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
-    except Exception:  # math-verify raises a variety of sympy errors on odd input
+    except Exception:  # noqa: BLE001 - math-verify raises a variety of sympy errors on odd input
         return False

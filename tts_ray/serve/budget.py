@@ -68,7 +68,7 @@ class BudgetServer:
                         if name in names:
                             running = deployment.replica_states.get("RUNNING", 0)
                             self.keeper.set_replicas(names[name], running)
-            except Exception:  # noqa: BLE001 - a failed refresh keeps the last counts
+            except Exception:  # noqa: BLE001, S112 - a failed refresh keeps the last counts
                 continue
 
 

@@ -76,7 +76,7 @@ class CompletionRequestBody(_OpenAIRequest):
 
 def validation_message(exc: Exception) -> tuple[str, str | None]:
     """A short message and the offending parameter from a pydantic ValidationError."""
-    errors = getattr(exc, "errors", lambda: [])()
+    errors = getattr(exc, "errors", list)()
     if not errors:
         return str(exc), None
     first = errors[0]

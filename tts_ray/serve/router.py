@@ -206,7 +206,7 @@ class Router:
         admitted = await self._admit(request_id, options["plan_request"])
         if "infeasible" in admitted:
             info = admitted["infeasible"]
-            retry_after = str(int(math.ceil(info["retry_after_s"])))
+            retry_after = str(math.ceil(info["retry_after_s"]))
             return _error_response(APIError(
                 429, f"{info['message']}; retry after {retry_after}s or with a larger latency_budget_s",
                 type="rate_limit_error", param="tts.latency_budget_s", code="budget_infeasible"),
@@ -224,7 +224,7 @@ class Router:
             # The methods stop their branches before the deadline; this is only the backstop.
             hard_limit_s = max(0.0, options["budget_s"] - (started - received)) + HARD_DEADLINE_GRACE_S
             result = await asyncio.wait_for(METHODS[plan["method"]](ctx, options["prompt"]), timeout=hard_limit_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             timed_out = True
             return _error_response(APIError(
                 408, f"no answer within latency_budget_s={options['budget_s']}", type="timeout_error",

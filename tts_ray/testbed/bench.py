@@ -33,7 +33,6 @@ from tts_ray.testbed.steps import label_steps
 from tts_ray.testbed.train import step_auc
 
 
-
 def _sample(llm, problems: list[str], num_samples: int, max_tokens: int) -> tuple[list[list[str]], float]:
     from vllm import SamplingParams
 
@@ -120,7 +119,7 @@ def run_testbed_bench(out: str | Path, limit: int | None = None, num_samples: in
             "timings_s": timings,
         },
         "command": command,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}",
     }
     out = Path(out)
