@@ -234,15 +234,20 @@ def test_the_group_slowdown_is_learned_from_branches_alone_and_beside_a_busy_poo
     assert keeper.loads["b"].group_slowdown == pytest.approx(0.3)
 
 
-def test_a_learned_slowdown_keeps_the_speed_factor_at_the_pools_speed_alone():
-    clock = FakeClock()
-    keeper = _shared_keeper(slowdown=0.3, clock=clock)
+def _alone_then_beside_busy_b(keeper, clock, shared_branches: int) -> None:
+    """One branch on a alone in 2 s, then ``shared_branches`` of 3 s each beside a busy b."""
     _speculating_b(keeper)
     _one_branch(keeper, clock, "alone", 0, 2.0)
     keeper.admit("busy", PlanRequest(budget_s=100, max_tokens=100, method="majority", branches=4,
                                      num_speculative_tokens=4))
-    for i in range(30):
+    for i in range(shared_branches):
         _one_branch(keeper, clock, f"shared{i}", 0, 3.0)
+
+
+def test_a_learned_slowdown_keeps_the_speed_factor_at_the_pools_speed_alone():
+    clock = FakeClock()
+    keeper = _shared_keeper(slowdown=0.3, clock=clock)
+    _alone_then_beside_busy_b(keeper, clock, shared_branches=30)
     # 3 s beside b = 2 (alone) x 1.5 (learned): the factor of one sequence settles back at 2;
     # priced with the configured 0.3 it would read 3 / 1.3 = 2.31 for the pool alone
     assert keeper.loads["a"].speed_factor_at(1) == pytest.approx(2.0, abs=0.01)
@@ -264,12 +269,7 @@ def test_branches_beside_a_neighbour_for_part_of_their_life_teach_no_slowdown():
 def test_the_group_slowdown_stays_configured_when_learning_is_off():
     clock = FakeClock()
     keeper = _shared_keeper(slowdown=0.3, clock=clock, learn=False)
-    _speculating_b(keeper)
-    _one_branch(keeper, clock, "alone", 0, 2.0)
-    keeper.admit("busy", PlanRequest(budget_s=100, max_tokens=100, method="majority", branches=4,
-                                     num_speculative_tokens=4))
-    for i in range(12):
-        _one_branch(keeper, clock, f"shared{i}", 0, 3.0)
+    _alone_then_beside_busy_b(keeper, clock, shared_branches=12)
     assert keeper.loads["a"].group_slowdown == pytest.approx(0.3)
     assert keeper.status()["pools"]["a"]["group_slowdown_samples"] == 0
 
