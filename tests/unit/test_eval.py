@@ -19,7 +19,7 @@ from tts_ray.eval.runner import (
     retry_after_seconds,
     run_eval,
 )
-from tts_ray.eval.stats import ProblemResult, percentile, summarize, wilson_interval
+from tts_ray.eval.stats import ProblemResult, mean_in_service, percentile, summarize, wilson_interval
 
 PROBLEMS = load_dataset("arith500", limit=12).problems
 GOLD = {p.problem: p.answer for p in PROBLEMS}
@@ -109,6 +109,16 @@ def test_percentile_matches_linear_interpolation():
     assert percentile([], 50) is None
     with pytest.raises(ValueError):
         percentile(values, 101)
+
+
+def test_mean_in_service_is_littles_law_over_the_run():
+    # 8 clients that each spent half the 10 s inside the service: 4 at once on average
+    assert mean_in_service([5.0] * 8, 10.0) == pytest.approx(4.0)
+    assert mean_in_service([], 10.0) == 0.0
+    with pytest.raises(ValueError):
+        mean_in_service([1.0], 0.0)
+    with pytest.raises(ValueError):
+        mean_in_service([-1.0], 10.0)
 
 
 def test_request_body_passes_tts_options_through():

@@ -31,6 +31,22 @@ def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def mean_in_service(latencies_s: Sequence[float], wall_s: float) -> float:
+    """Time-averaged number of requests inside the service over a run of ``wall_s`` seconds,
+    by Little's law: the sum of the requests' times in the service over the wall time. A
+    benchmark row's latencies are each problem's last attempt, so the earlier attempts that
+    were answered 429 (milliseconds each) are left out.
+
+    Raises:
+        ValueError: ``wall_s`` not positive, or a negative latency.
+    """
+    if wall_s <= 0:
+        raise ValueError(f"wall_s must be > 0, got {wall_s}")
+    if any(latency < 0 for latency in latencies_s):
+        raise ValueError("latencies must be >= 0")
+    return sum(latencies_s) / wall_s
+
+
 def percentile(values: Sequence[float], q: float) -> float | None:
     """The ``q``-th percentile (0-100) with linear interpolation between order statistics
     (numpy's default); None for no values.

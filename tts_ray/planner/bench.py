@@ -36,7 +36,7 @@ from typing import Any
 from tts_ray.constants import BENCH_REPEAT_SEED_STRIDE, MAX_BENCH_REPEATS, MAX_EVAL_SEED
 from tts_ray.eval.datasets import Problem, load_dataset
 from tts_ray.eval.runner import EvalRequest, evaluate
-from tts_ray.eval.stats import percentile
+from tts_ray.eval.stats import mean_in_service, percentile
 
 
 def _run(problems: Sequence[Problem], url: str, concurrency: int, label: str,
@@ -73,6 +73,9 @@ def _run(problems: Sequence[Problem], url: str, concurrency: int, label: str,
         "latency_p99_s": percentile([r.latency_s for r in results], 99),
         "tokens_per_problem": sum(r.tokens or 0 for r in ok) / max(1, len(ok)),
         "wall_s": wall_s,
+        # how many of the row's requests were inside the service at once, on average: a row
+        # whose 429s hold clients back in their Retry-After waits decodes fewer at once
+        "requests_in_service_mean": mean_in_service([r.latency_s for r in results], wall_s),
         # what the planner chose (pool, B) and how often: explains an auto row's accuracy
         "plans": dict(Counter(f"{r.plan['pool']}:B={r.plan['num_branches']}" for r in ok if r.plan)),
         "prediction_error_median_abs": percentile([abs(e) for e in errors], 50),
@@ -96,7 +99,8 @@ def _run(problems: Sequence[Problem], url: str, concurrency: int, label: str,
     }
     print(f"{label:>28}: acc {row['accuracy']:.3f}  p50 {row['latency_p50_s']:.2f}s  "
           f"p99 {row['latency_p99_s']:.2f}s  tokens {row['tokens_per_problem']:.0f}  "
-          f"429 {row['rejected_429']}  retried {row['retried']}  partial {row['answered_partial']}  errors {row['errors']}", flush=True)
+          f"429 {row['rejected_429']}  retried {row['retried']}  partial {row['answered_partial']}  "
+          f"in service {row['requests_in_service_mean']:.1f}  errors {row['errors']}", flush=True)
     return row
 
 
