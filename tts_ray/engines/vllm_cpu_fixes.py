@@ -17,7 +17,7 @@ from __future__ import annotations
 
 
 def expand_kernel_impl(output, input_val, cu_num_tokens, replace_from, replace_to,
-                       MAX_NUM_TOKENS=None):
+                       MAX_NUM_TOKENS=None):  # the Triton kernel's parameter name, kept
     """Write ``input_val[i]`` (``replace_from`` mapped to ``replace_to``) into
     ``output`` over request i's token range ``[cu_num_tokens[i-1], cu_num_tokens[i])``,
     keeping ``output``'s dtype (the broken C++ wrapper forced int64)."""

@@ -35,7 +35,7 @@ def mean_in_service(latencies_s: Sequence[float], wall_s: float) -> float:
     """Time-averaged number of requests inside the service over a run of ``wall_s`` seconds,
     by Little's law: the sum of the requests' times in the service over the wall time. A
     benchmark row's latencies are each problem's last attempt, so the earlier attempts that
-    were answered 429 (milliseconds each) are left out.
+    were answered 429 (each far shorter than an answered one) are left out.
 
     Raises:
         ValueError: ``wall_s`` not positive, or a negative latency.
