@@ -241,6 +241,19 @@ class RouterConfig(_Strict):
                           "of actual / predicted over its requests of the last minute (a request "
                           "its deadline cut counts as over), so the predictions the planner sizes "
                           "plans by are unbiased; the per-branch speed factors stay beneath it.")
+    learn_branch_overhead: bool = Field(
+        True, description="Learn each pool's serving overhead per branch: the seconds a branch takes "
+                          "beyond the profile's prefill and decode, fitted over the pool's recent "
+                          "finished branches as their time = overhead + factor x the profile's "
+                          "decode time (least squares over branches of different lengths; used "
+                          "once 30 have run in the last 60 s). Predictions add it once per branch "
+                          "wave, and the speed factors learn the decode speed without it. Why: on "
+                          "the CPU testbed (session 22) every fixed row's requests took 0.26 to "
+                          "0.41 s more than the profile of the bare engine predicts, at 8 "
+                          "sequences and at 34 alike; learned as a factor on decode speed it read "
+                          "2.2 to 3.0 for one branch a request and 1.6 for four or eight, and the "
+                          "planner priced four branches at the whole stream's load slower than "
+                          "they ran.")
     learn_group_slowdown: bool = Field(
         True, description="Learn each pool's compute_group_slowdown from its branches: their speed "
                           "against the profile while the group's other pools decoded beside them, "

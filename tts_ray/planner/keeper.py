@@ -70,6 +70,16 @@ SHARED_MIN_CO_BUSY = 0.5
 GROUP_SLOWDOWN_WINDOW = 100
 GROUP_SLOWDOWN_MIN_OBSERVED = 10
 GROUP_SLOWDOWN_RANGE = (0.0, 3.0)
+# The serving overhead per branch (router.learn_branch_overhead): each pool's finished branches
+# of the last OVERHEAD_MAX_AGE_S (at most OVERHEAD_WINDOW, at least OVERHEAD_MIN_OBSERVED, else
+# none) fitted by least squares as time less the profile's prefill = overhead + factor x the
+# profile's decode time, the overhead within OVERHEAD_RANGE_S. Branches the deadline stopped are
+# left out: their time is the deadline's, not their work's.
+OVERHEAD_WINDOW = 200
+OVERHEAD_MIN_OBSERVED = 30
+OVERHEAD_MAX_AGE_S = 60.0
+OVERHEAD_RANGE_S = (0.0, 2.0)
+OVERHEAD_MIN_SPREAD = 0.1
 # router.speed_carry "excess": the bands (up to 2 ** 15 sequences a replica) whose profiled
 # seconds per token the keeper gives each pool's load (PoolLoad.band_seconds_per_token)
 BANDS_WITH_EXCESS = 16
@@ -196,6 +206,11 @@ class BudgetKeeper:
         self.slowdown_samples: dict[str, deque[float]] = {
             name: deque(maxlen=GROUP_SLOWDOWN_WINDOW) for name in self.loads}
         self.configured_slowdown = {name: load.group_slowdown for name, load in self.loads.items()}
+        self.learn_overhead = config.router.learn_branch_overhead
+        # per pool: (when, the profile's decode seconds, seconds less the profile's prefill) of
+        # recent finished branches (see OVERHEAD_*)
+        self.overhead_samples: dict[str, deque[tuple[float, float, float]]] = {
+            name: deque(maxlen=OVERHEAD_WINDOW) for name in self.loads}
 
     def _recent_peak(self, active: int) -> int:
         """The most requests in flight at an admission of the last ``RECENT_PEAK_WINDOW_S``,
@@ -296,7 +311,8 @@ class BudgetKeeper:
         learns = (plan.predicted_s is not None and self.latency is not None and not plan.expected_cut
                   and request.early_stop_window is None and self.latency.calibration is not None
                   and load.model_id in self.latency.calibration.models)
-        work_s = ((parts.get("prefill", 0.0) + parts.get("decode", 0.0)) / load.latency_correction
+        work_s = ((parts.get("prefill", 0.0) + parts.get("decode", 0.0) + parts.get("overhead", 0.0))
+                  / load.latency_correction
                   if learns else None)
         fits = plan.predicted_s is not None and \
             plan.predicted_s + (self.latency.deadline_reserve_s if self.latency else 0.0) <= request.budget_s
@@ -311,7 +327,7 @@ class BudgetKeeper:
             entry = self.admitted[request_id]
             entry.tracked = True
             entry.model_id, entry.method, entry.max_tokens = plan.model_id, plan.method, request.max_tokens
-            entry.progress_at = entry.admitted_at + parts.get("prefill", 0.0)
+            entry.progress_at = entry.admitted_at + parts.get("prefill", 0.0) + parts.get("overhead", 0.0)
             entry.generation_deadline_at = entry.progress_at + plan.deadline_tokens * plan.seconds_per_token
         self._refresh_contention()  # the chosen pool is busy now: its group's other pools slow down
         self.counts["admitted"] += 1
@@ -405,7 +421,7 @@ class BudgetKeeper:
         """Set each pool's latency correction from its recent work ratios (see CORRECTION_*);
         1 when off, with too few of them, or once they are older than CORRECTION_MAX_AGE_S (a
         correction learned in a bad moment must not outlive it). Its speed spread likewise
-        (SPREAD_*)."""
+        (SPREAD_*), and its serving overhead (OVERHEAD_*)."""
         now = self.clock()
         for name, load in self.loads.items():
             recent = [r for at, r in self.work_ratios[name] if now - at <= CORRECTION_MAX_AGE_S]
@@ -417,6 +433,8 @@ class BudgetKeeper:
             load.latency_correction = min(max(median, CORRECTION_RANGE[0]), CORRECTION_RANGE[1])
         for name, load in self.loads.items():
             load.speed_spread = self._speed_spread(name, now)
+            if self.learn_overhead:  # an overhead learned in a bad moment expires with its branches
+                load.branch_overhead_s = self._fitted_overhead(name)
 
     def _speed_spread(self, pool: str, now: float) -> tuple[float, ...]:
         """The pool's speed spread (see SPREAD_*): (1.0,) when off or with too few recent
@@ -533,11 +551,18 @@ class BudgetKeeper:
             return
         curve = self.latency.profile.pools[entry.pool].curve(load.num_speculative_tokens)
         lived = max(1, round(entry.lived_concurrency)) if entry.lived_concurrency else entry.concurrency
-        observed_spt = max(obs.elapsed_s - curve.prefill_s * (1 + load.group_slowdown * co_busy), 1e-6) \
-            / obs.num_tokens
+        contention = 1 + load.group_slowdown * co_busy
+        beyond_prefill_s = obs.elapsed_s - curve.prefill_s * contention
+        if self.learn_overhead and not obs.stopped:
+            # the profile's decode time without contention: the line is fitted across lengths
+            # and batch sizes, and a slowdown that moves (learned) must not pass for one
+            self._learn_overhead(entry.pool, obs.num_tokens * curve.seconds_per_token_at(lived), beyond_prefill_s)
+        # the decode speed without the serving overhead: the factors would otherwise carry it
+        # per token, heavily where a token is quick (few sequences) and lightly where it is slow
+        observed_spt = max(beyond_prefill_s - load.branch_overhead_s, 1e-6) / obs.num_tokens
         if self.learn_slowdown and load.compute_group is not None:
             self._learn_slowdown(entry.pool, observed_spt / curve.seconds_per_token_at(lived), lived, co_busy)
-        contention = 1 + load.group_slowdown * co_busy
+            contention = 1 + load.group_slowdown * co_busy  # the slowdown may have moved
 
         def ratio_at(concurrency: float) -> float:
             predicted_spt = curve.seconds_per_token_at(concurrency) * contention
@@ -562,6 +587,37 @@ class BudgetKeeper:
         band = concurrency_band(lived)
         load.speed_factors[band] = current + self.ewma_alpha * (ratio - current)
         self.band_observed_at[entry.pool][band] = self.clock()
+
+    def _learn_overhead(self, pool: str, profile_decode_s: float, beyond_prefill_s: float) -> None:
+        """Add one finished branch of ``pool`` (the profile's decode time for its tokens at its
+        concurrency; its time less the profile's prefill) and refit the pool's
+        ``branch_overhead_s`` (see OVERHEAD_*): the intercept of the least-squares line through
+        the recent branches, within OVERHEAD_RANGE_S; 0 with too few of them or too little
+        spread in their decode times (an intercept needs branches of different lengths: a
+        standard deviation of at least OVERHEAD_MIN_SPREAD of the mean)."""
+        now = self.clock()
+        samples = self.overhead_samples[pool]
+        samples.append((now, profile_decode_s, beyond_prefill_s))
+        while samples and now - samples[0][0] > OVERHEAD_MAX_AGE_S:
+            samples.popleft()
+        self.loads[pool].branch_overhead_s = self._fitted_overhead(pool)
+
+    def _fitted_overhead(self, pool: str) -> float:
+        """The overhead the recent branches of ``pool`` fit (``_learn_overhead``), without adding one."""
+        now = self.clock()
+        recent = [(x, y) for at, x, y in self.overhead_samples[pool] if now - at <= OVERHEAD_MAX_AGE_S]
+        if len(recent) < OVERHEAD_MIN_OBSERVED:
+            return 0.0
+        mean_x = sum(x for x, _ in recent) / len(recent)
+        mean_y = sum(y for _, y in recent) / len(recent)
+        var_x = sum((x - mean_x) ** 2 for x, _ in recent)
+        if var_x <= 0 or math.sqrt(var_x / len(recent)) < OVERHEAD_MIN_SPREAD * mean_x:
+            return 0.0
+        slope = sum((x - mean_x) * (y - mean_y) for x, y in recent) / var_x
+        # a slope outside the speed factors' range is noise (a handful of lengths): the
+        # overhead is then what the mean branch has beyond the profile at the nearest bound
+        slope = min(max(slope, SPEED_FACTOR_RANGE[0]), SPEED_FACTOR_RANGE[1])
+        return min(max(mean_y - slope * mean_x, OVERHEAD_RANGE_S[0]), OVERHEAD_RANGE_S[1])
 
     def _learn_slowdown(self, pool: str, ratio: float, concurrency: int, co_busy: float) -> None:
         """Learn ``pool``'s group slowdown from one branch that decoded at ``ratio`` times its
@@ -611,6 +667,8 @@ class BudgetKeeper:
                              "group_slowdown": round(l.group_slowdown, 4),
                              "group_slowdown_samples": len(self.slowdown_samples[name]),
                              "latency_correction": round(l.latency_correction, 4),
+                             # learned (router.learn_branch_overhead), 0 when none
+                             "branch_overhead_s": round(l.branch_overhead_s, 4),
                              "speed_spread": list(l.speed_spread),
                              "tokens_per_step": self.tokens_per_step[name],
                              "prediction_error": _error_summary(self.errors_by_pool[name])}

@@ -48,6 +48,9 @@ class PoolLoad:
     # taught keeps the excess seconds per token of the band it comes from (``carried_factor``);
     # empty: the factor itself is carried
     band_seconds_per_token: dict[int, float] = field(default_factory=dict)
+    # the serving stack's seconds per branch beyond the profile's prefill and decode (set by the
+    # keeper with router.learn_branch_overhead; 0: none learned): once per wave of branches
+    branch_overhead_s: float = 0.0
 
     def speed_factor_at(self, concurrency: int) -> float:
         """The live correction at ``concurrency`` sequences per replica: the factor learned in
@@ -222,12 +225,13 @@ class LatencyModel:
         """
         curve = self.profile.pools[pool].curve(load.num_speculative_tokens)
         waves = wave_sizes(branches, None if method in SEARCH else window)
-        prefill_s = decode_s = 0.0
+        prefill_s = decode_s = overhead_s = 0.0
         for size in waves:
             concurrency = math.ceil((load.inflight_branches + size) / max(1, load.replicas))
             decode_s += (self.expected_tokens(load.model_id, size, max_tokens)
                          * self.seconds_per_token(pool, load, concurrency))
             prefill_s += curve.prefill_s * load.contention * load.latency_correction
+            overhead_s += load.branch_overhead_s * load.latency_correction
         # tokens_by() reads the deadline in tokens of the plan's longest branch, which the
         # accuracy table cuts all B branches at. In waves that is an approximation: the decode
         # time of all the waves is spread over the longest branch of B as if it decoded slower,
@@ -237,6 +241,8 @@ class LatencyModel:
         tokens = self.expected_tokens(load.model_id, branches, max_tokens)
         concurrency = math.ceil((load.inflight_branches + waves[0]) / max(1, load.replicas))  # the first wave's
         parts = {"prefill": prefill_s, "decode": decode_s, "merge": self.merge_margin_s}
+        if overhead_s > 0:
+            parts["overhead"] = overhead_s
         if method in SCORED and self.profile.scoring is not None:
             calls = self.max_search_steps if method in SEARCH else 1
             # not corrected: the router reserves this much for scoring before the deadline,
@@ -244,6 +250,8 @@ class LatencyModel:
             parts["score"] = calls * self.profile.scoring.seconds(branches)
         if method in SEARCH:
             parts["prefill"] *= self.max_search_steps
+            if "overhead" in parts:  # every search step sends its branches to the engine anew
+                parts["overhead"] *= self.max_search_steps
         return Prediction(total_s=sum(parts.values()), parts_s=parts,
                           concurrency_per_replica=concurrency, expected_tokens=tokens,
                           seconds_per_token=decode_s / tokens if tokens > 0 else 0.0,
