@@ -274,6 +274,74 @@ def test_the_group_slowdown_stays_configured_when_learning_is_off():
     assert keeper.status()["pools"]["a"]["group_slowdown_samples"] == 0
 
 
+def _overhead_keeper(learn: bool = True, clock=None):
+    """One one-replica pool of model "m", profiled flat at 0.01 s per token, no prefill."""
+    config = AppConfig.model_validate({"generators": [
+        {"name": "a", "model_id": "m", "model_source": "x", "max_ongoing_requests": 8}],
+        "router": {"learn_branch_overhead": learn}})
+    prof = ClusterProfile(device="x", pools={"a": PoolProfile(model_id="m", curves=[
+        SpeedCurve(num_speculative_tokens=0, concurrency=[1, 64], seconds_per_token=[0.01, 0.01],
+                   prefill_s=0.0)])})
+    return BudgetKeeper(config, prof, None, ewma_alpha=0.5, clock=clock or FakeClock())
+
+
+def _branches_with_overhead(keeper, clock, count: int, overhead_s: float, factor: float,
+                            stopped: bool = False) -> None:
+    """``count`` one-branch requests in turn, 20 to 160 tokens, each taking ``overhead_s`` plus
+    its tokens at ``factor`` x the profile's 0.01 s; the clock moves 0.5 s per request."""
+    for i in range(count):
+        tokens = 20 + (i * 37) % 141
+        keeper.admit(f"o{i}", PlanRequest(budget_s=100, max_tokens=160, method="single", branches=1))
+        clock.now += 0.5
+        keeper.release(f"o{i}", [BranchObservation(num_tokens=tokens, elapsed_s=overhead_s + tokens * 0.01 * factor,
+                                                   stopped=stopped)])
+
+
+def test_the_serving_overhead_per_branch_is_learned_apart_from_the_decode_speed():
+    clock = FakeClock()
+    keeper = _overhead_keeper(clock=clock)
+    _branches_with_overhead(keeper, clock, 60, overhead_s=0.3, factor=1.5)
+    assert keeper.status()["pools"]["a"]["branch_overhead_s"] == pytest.approx(0.3, abs=0.01)
+    # the factor is the decode speed's alone, not 1.5 plus the overhead spread over the tokens
+    assert keeper.loads["a"].speed_factor_at(1) == pytest.approx(1.5, abs=0.02)
+    plan = keeper.admit("next", PlanRequest(budget_s=100, max_tokens=100, method="single", branches=1))
+    assert plan.predicted_parts_s["overhead"] == pytest.approx(0.3, abs=0.01)
+    assert plan.predicted_parts_s["decode"] == pytest.approx(100 * 0.01 * 1.5, rel=0.02)
+
+
+def test_without_learning_the_overhead_reads_as_a_slower_decode():
+    clock = FakeClock()
+    keeper = _overhead_keeper(learn=False, clock=clock)
+    _branches_with_overhead(keeper, clock, 60, overhead_s=0.3, factor=1.5)
+    assert keeper.status()["pools"]["a"]["branch_overhead_s"] == 0.0
+    assert keeper.loads["a"].speed_factor_at(1) > 1.6
+    plan = keeper.admit("next", PlanRequest(budget_s=100, max_tokens=100, method="single", branches=1))
+    assert "overhead" not in plan.predicted_parts_s
+
+
+def test_the_overhead_needs_enough_recent_finished_branches():
+    clock = FakeClock()
+    keeper = _overhead_keeper(clock=clock)
+    _branches_with_overhead(keeper, clock, 29, overhead_s=0.3, factor=1.0)
+    assert keeper.loads["a"].branch_overhead_s == 0.0  # 29 < 30
+    _branches_with_overhead(keeper, clock, 60, overhead_s=0.3, factor=1.0, stopped=True)
+    assert keeper.loads["a"].branch_overhead_s == 0.0  # stopped branches do not count
+    _branches_with_overhead(keeper, clock, 40, overhead_s=0.3, factor=1.0)
+    assert keeper.loads["a"].branch_overhead_s == pytest.approx(0.3, abs=0.01)
+    clock.now += 61  # every branch older than a minute: nothing left to fit
+    assert keeper.status()["pools"]["a"]["branch_overhead_s"] == 0.0
+
+
+def test_branches_of_one_length_fit_no_overhead():
+    clock = FakeClock()
+    keeper = _overhead_keeper(clock=clock)
+    for i in range(40):
+        keeper.admit(f"e{i}", PlanRequest(budget_s=100, max_tokens=160, method="single", branches=1))
+        keeper.release(f"e{i}", [BranchObservation(num_tokens=100, elapsed_s=1.3)])
+    assert keeper.loads["a"].branch_overhead_s == 0.0  # an intercept needs different lengths
+    assert keeper.loads["a"].speed_factor_at(1) == pytest.approx(1.3)
+
+
 def test_the_live_speed_factor_is_learned_per_concurrency_band():
     keeper = _keeper()  # 2 replicas, 0.01 s per token at any concurrency, EWMA alpha 0.5
     keeper.admit("big", PlanRequest(budget_s=100, max_tokens=100, method="majority", branches=16))

@@ -106,8 +106,8 @@ def _run(problems: Sequence[Problem], url: str, concurrency: int, label: str,
 
 def _keeper_snapshot(url: str) -> dict[str, Any] | None:
     """The keeper's learned margin and, per pool, its speed factors (at the load now and per
-    band), prediction error, latency correction, speed spread and group slowdown now (None if
-    status fails)."""
+    band), prediction error, latency correction, speed spread, group slowdown and serving
+    overhead per branch now (None if status fails)."""
     import httpx
 
     try:
@@ -122,7 +122,8 @@ def _keeper_snapshot(url: str) -> dict[str, Any] | None:
                                          for name, p in status.get("pools", {}).items()},
             "latency_correction": {name: p.get("latency_correction") for name, p in status.get("pools", {}).items()},
             "speed_spread": {name: p.get("speed_spread") for name, p in status.get("pools", {}).items()},
-            "group_slowdown": {name: p.get("group_slowdown") for name, p in status.get("pools", {}).items()}}
+            "group_slowdown": {name: p.get("group_slowdown") for name, p in status.get("pools", {}).items()},
+            "branch_overhead_s": {name: p.get("branch_overhead_s") for name, p in status.get("pools", {}).items()}}
 
 
 def _status(url: str) -> dict[str, Any]:
