@@ -20,8 +20,8 @@ each other through shared-memory queues. A reader of such a queue busy-loops on
 engine core spins for the whole of every forward pass. On a GPU host that costs a spare core;
 on a CPU host it takes the core the serving stack (Serve proxy, router, replicas, the other
 pools' engines) runs on. :func:`install_idle_wait` sets that busy-loop window to
-``TTS_RAY_VLLM_BUSY_LOOP_S`` seconds (default 0: the reader sleeps on the queue's ZeroMQ
-notification, which the writer sends on every message).
+``TTS_RAY_VLLM_BUSY_LOOP_S`` seconds (default 0) and past it lets the reader sleep on the
+queue's ZeroMQ notification, at most ``IDLE_POLL_MS`` at a time (the notification can be lost).
 """
 
 from __future__ import annotations
@@ -115,6 +115,6 @@ def register() -> None:
         cpu_triton_utils._expand_kernel_impl = expand_kernel_impl
     try:
         from vllm.distributed.device_communicators.shm_broadcast import SpinCondition
-    except ImportError:  # a release without the reader's busy-loop window: nothing spins so
+    except ImportError:  # a release without vLLM's SpinCondition: nothing of it to change
         return
     install_idle_wait(SpinCondition, busy_loop_s())
