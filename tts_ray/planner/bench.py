@@ -291,6 +291,9 @@ def run_planner_bench(url: str, out: str | Path, limit: int = 100, budgets_s: Se
     and each budget's figures are over all of them (:func:`summarize_budget`), with the
     held-out gap. The warm-up and the early-stopping comparison run once.
 
+    Each budget's rows (``repeat`` added) are also appended, as they end, to ``out`` with the
+    suffix ``.rows.jsonl``, one JSON line a row, so a run stopped early keeps them.
+
     Raises:
         ValueError: ``repeats`` outside 1 to ``MAX_BENCH_REPEATS``, or a ``seed`` whose last
             repeat's seed would reach ``MAX_EVAL_SEED``.
@@ -299,6 +302,11 @@ def run_planner_bench(url: str, out: str | Path, limit: int = 100, budgets_s: Se
         raise ValueError(f"repeats must be 1 to {MAX_BENCH_REPEATS}, got {repeats}")
     if seed is not None and seed + (repeats - 1) * BENCH_REPEAT_SEED_STRIDE >= MAX_EVAL_SEED:
         raise ValueError(f"seed {seed} leaves no room for {repeats} repeats below {MAX_EVAL_SEED}")
+    # Each budget's rows as they end, one JSON line a row beside ``out``: a run stopped (or cut
+    # off) before its figures keeps its rows, per-problem plans included, for the analysis.
+    rows_path = Path(out).with_suffix(".rows.jsonl")
+    rows_path.parent.mkdir(parents=True, exist_ok=True)
+    rows_path.write_text("")
     problems = load_dataset("arith500", limit=limit).problems
     stop_problems = load_dataset("arith500", limit=early_stop_limit or limit).problems
     # Warm-up: compiles the engines' shapes and fills the prefix cache, under a budget loose
@@ -325,6 +333,8 @@ def run_planner_bench(url: str, out: str | Path, limit: int = 100, budgets_s: Se
                         seed=repeat_seed)
             for row in [*fixed, auto]:
                 over_budget_ms += [(lat - budget_s) * 1000 for lat in row["latencies_s"]]
+            with rows_path.open("a") as rows_file:
+                rows_file.writelines(json.dumps({"repeat": repeat + 1, **row}) + "\n" for row in [*fixed, auto])
             sweeps[budget_s].append({"fixed": fixed, "auto": auto})
     per_budget = [summarize_budget(budget_s, sweeps[budget_s]) for budget_s in budgets_s]
     for b in per_budget:
