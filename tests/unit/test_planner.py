@@ -716,36 +716,6 @@ def test_a_split_stream_is_priced_with_the_device_it_shares():
     assert set(plan.stream_split) == {"spec", "plain"}
 
 
-def test_a_split_stream_must_beat_the_whole_stream_by_the_switch_margin():
-    from dataclasses import replace
-
-    from tts_ray.planner.planner import STEADY_SWITCH_ACCURACY
-
-    planner, loads = setup(SPEC_NEVER_PAYS)
-    ask = request(3.0, method="majority")
-    shared = {"recent_requests": 8.0, "compute_group": "node", "group_slowdown": 0.5}
-    loads = {name: replace(load, **shared) for name, load in loads.items()}
-    split = Planner(planner.latency, split_stream=True)
-
-    def part(name, requests, co_busy):
-        ranked = split._steady_candidates(ask, name, loads[name], requests, co_busy)
-        best = max(ranked, key=lambda c: ranked[c][0])
-        return best[1], ranked[best][2]
-
-    # 5 requests on plain (five branches each) and 3 on spec (six each), beside each other,
-    # are predicted more accurate than all 8 on plain with five each, but by under the margin
-    (b_plain, a_plain), (b_spec, a_spec) = part("plain", 5, 1), part("spec", 3, 1)
-    (b_whole, a_whole) = part("plain", 8, 0)
-    assert (b_plain, b_spec, b_whole) == (5, 6, 5)
-    assert 0 < (5 * a_plain + 3 * a_spec) / 8 - a_whole <= STEADY_SWITCH_ACCURACY
-    plan = split.plan(ask, loads)
-    assert (plan.pool, plan.num_branches, plan.stream_split) == ("plain", 5, {"plain": 8})
-    # with a lighter neighbour (0.3) the split runs six branches on plain: it stays
-    light = {name: replace(load, group_slowdown=0.3) for name, load in loads.items()}
-    plan = Planner(planner.latency, split_stream=True).plan(ask, light)
-    assert plan.stream_split == {"plain": 5, "spec": 3} and plan.num_branches == 6
-
-
 def test_a_split_stream_holds_its_state_against_small_swings():
     from dataclasses import replace
 

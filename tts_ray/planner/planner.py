@@ -507,17 +507,6 @@ class Planner:
         if not states:
             return self._plan_steady(request, profiled)
         choice = max(states, key=value)
-        # A split must beat the whole stream on one pool by more than STEADY_SWITCH_ACCURACY.
-        # Its gain rests on how two pools of one device slow each other, which the profile and
-        # the learned slowdown price least well; gains that small were losses on the testbed:
-        # at 1 s one branch a request over both pools scored less than one branch on the
-        # speculating pool alone in runs y2 (2 s), z1, z4 and z5 (z5: its plain part 8 and 27
-        # right against 15 and 34 for that fixed row on the same problems, 2.7 points behind).
-        wholes = [s for s in states if len(s) == 1]
-        if len(choice) > 1 and wholes:
-            whole = max(wholes, key=value)
-            if value(choice)[0] - value(whole)[0] <= STEADY_SWITCH_ACCURACY:
-                choice = whole
         # The same plan on other pools (each part's requests, method and B alike) that is
         # predicted quicker wins unless it is more than STEADY_SWITCH_ACCURACY less accurate:
         # differences that small come from the pools' speed spreads, while the quicker pool has
