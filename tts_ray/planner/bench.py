@@ -304,8 +304,9 @@ def run_planner_bench(url: str, out: str | Path, limit: int = 100, budgets_s: Se
         raise ValueError(f"seed {seed} leaves no room for {repeats} repeats below {MAX_EVAL_SEED}")
     # Each budget's rows as they end, one JSON line a row beside ``out``: a run stopped (or cut
     # off) before its figures keeps its rows, per-problem plans included, for the analysis.
-    rows_path = Path(out).with_suffix(".rows.jsonl")
-    rows_path.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows_path = out.with_suffix(".rows.jsonl")
     rows_path.write_text("")
     problems = load_dataset("arith500", limit=limit).problems
     stop_problems = load_dataset("arith500", limit=early_stop_limit or limit).problems
@@ -388,8 +389,6 @@ def run_planner_bench(url: str, out: str | Path, limit: int = 100, budgets_s: Se
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}",
     }
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(figures, indent=2))
     return result
