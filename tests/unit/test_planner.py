@@ -716,6 +716,60 @@ def test_a_split_stream_is_priced_with_the_device_it_shares():
     assert set(plan.stream_split) == {"spec", "plain"}
 
 
+def test_a_split_stream_must_beat_the_whole_stream_by_the_split_margin():
+    from dataclasses import replace
+
+    from tts_ray.planner.planner import SPLIT_MARGIN_ACCURACY
+
+    planner, loads = setup(SPEC_NEVER_PAYS)
+    ask = request(3.0, method="majority")
+
+    def gain_and_plan(group_slowdown):
+        shared = {"recent_requests": 8.0, "compute_group": "node", "group_slowdown": group_slowdown}
+        pools = {name: replace(load, **shared) for name, load in loads.items()}
+        split = Planner(planner.latency, split_stream=True)
+
+        def part(name, requests, co_busy):
+            ranked = split._steady_candidates(ask, name, pools[name], requests, co_busy)
+            return ranked[max(ranked, key=lambda c: ranked[c][0])][2]
+
+        whole = max(part(name, 8, 0) for name in pools)
+        best_split = max((n * part("plain", n, 1) + (8 - n) * part("spec", 8 - n, 1)) / 8 for n in range(1, 8))
+        return best_split - whole, split.plan(ask, pools)
+
+    # a neighbour that slows each engine by 30%: the best split (5 requests on plain, 3 on
+    # spec) is predicted more accurate than the whole stream on plain, but by under the margin
+    gain, plan = gain_and_plan(0.3)
+    assert 0.02 < gain <= SPLIT_MARGIN_ACCURACY
+    assert (plan.pool, plan.num_branches, plan.stream_split) == ("plain", 5, {"plain": 8})
+    # by 10%: the split gains more than the margin and runs
+    gain, plan = gain_and_plan(0.1)
+    assert gain > SPLIT_MARGIN_ACCURACY
+    assert plan.stream_split == {"plain": 5, "spec": 3} and plan.num_branches == 7
+
+
+def test_a_split_stream_breaks_ties_between_pools_on_the_profile_not_the_live_speeds():
+    from dataclasses import replace
+
+    planner, loads = setup(SPEC_PAYS_SMALL)
+    # One branch a request, on a device that halves each engine beside the other (no split
+    # pays): the budget leaves one branch time to finish on either pool, so both read the same
+    # expected accuracy. The profile has the speculating pool quicker (3.6 ms a token at 8
+    # sequences against 10); live factors of 2 and 3 have it slower (7.2 and 10.8 ms).
+    shared = {"recent_requests": 8.0, "compute_group": "node", "group_slowdown": 1.0}
+    for factor in (2.0, 3.0):
+        pools = {"spec": replace(loads["spec"], speed_factors={b: factor for b in range(8)}, **shared),
+                 "plain": replace(loads["plain"], **shared)}
+        for budget_s in (2.0, 5.0):
+            split = Planner(planner.latency, split_stream=True)
+            ranked = {name: split._steady_candidates(request(budget_s, method="majority", max_branches=1),
+                                                     name, pools[name], 8, 0)["majority", 1] for name in pools}
+            assert ranked["spec"][2] == ranked["plain"][2]
+            assert ranked["spec"][1].needed_s > ranked["plain"][1].needed_s
+            plan = split.plan(request(budget_s, method="majority", max_branches=1), pools)
+            assert (plan.pool, plan.stream_split) == ("spec", {"spec": 8})
+
+
 def test_a_split_stream_holds_its_state_against_small_swings():
     from dataclasses import replace
 

@@ -16,6 +16,11 @@ from tts_ray.planner.latency import SCORED, LatencyModel, PoolLoad
 AUTO_METHODS = ("single", "majority", "weighted_majority", "best_of_n")
 # Steady state: a held plan gives way only to one expected this much more accurate.
 STEADY_SWITCH_ACCURACY = 0.02
+# Split stream: a state that splits the stream over two pools must beat the whole stream on one
+# pool by more than this. Its gain rests on how two pools of one device slow each other, which
+# is priced least well: in run z5 the split chosen at 1 s read 2.3 points above the whole
+# stream on the speculating pool (offline, fresh keeper) and scored 2.7 points below it.
+SPLIT_MARGIN_ACCURACY = 0.03
 STEADY_KINDS_KEPT = 1024  # held plans (one per kind of request: budget, model, ...), then forgotten
 
 
@@ -441,8 +446,9 @@ class Planner:
         or n on one pool and the rest on another, both decoding at once (each pool then has the
         others of its compute group busy beside it), each part running its own most accurate
         (method, B) among those whose typical branch finishes at its part's load. The state of
-        highest mean expected accuracy as the deadline leaves it wins, the quicker on a tie;
-        the last state for the same kind of request is held, on the same pools, unless another
+        highest mean expected accuracy as the deadline leaves it wins, the quicker as the
+        profile predicts it (``_profiled_load``) on a tie, a split only where it beats the
+        best whole stream by more than ``SPLIT_MARGIN_ACCURACY``; the last state for the same kind of request is held, on the same pools, unless another
         is expected to be more accurate by more than ``STEADY_SWITCH_ACCURACY``. This request
         runs the part whose pool has the fewest requests in flight below its share of the
         stream (among the parts whose pool admits it). With no state whose every part's
@@ -491,9 +497,19 @@ class Planner:
                     if part_a is not None and part_b is not None:
                         states.append(((a, n, *part_a), (b, stream - n, *part_b)))
 
+        profiled_s: dict[tuple[str, int, int, str, int], float] = {}
+
+        def profiled_time(name: str, requests: int, co_busy: int, method: str, branches: int) -> float:
+            key = (name, requests, co_busy, method, branches)
+            if key not in profiled_s:
+                steady = self._steady_load(self._profiled_load(profiled[name]), branches, requests, co_busy)
+                profiled_s[key] = self.latency.predict(name, steady, method, branches, request.max_tokens,
+                                                       window=request.early_stop_window).needed_s
+            return profiled_s[key]
+
         def value(state) -> tuple[float, float] | None:
-            """(mean expected accuracy, minus the slowest part's predicted time); None when a
-            part's typical branch no longer finishes."""
+            """(mean expected accuracy, minus the slowest part's time as the profile predicts
+            it); None when a part's typical branch no longer finishes."""
             co = shared(state[0][0], state[1][0]) if len(state) > 1 else 0
             total, slowest = 0.0, -math.inf
             for name, requests, method, branches in state:
@@ -501,12 +517,17 @@ class Planner:
                 if entry is None or not entry[0][0]:
                     return None
                 total += requests * entry[2]
-                slowest = max(slowest, entry[1].needed_s)
+                slowest = max(slowest, profiled_time(name, requests, co, method, branches))
             return round(total / stream, 4), -slowest
 
         if not states:
             return self._plan_steady(request, profiled)
         choice = max(states, key=value)
+        wholes = [s for s in states if len(s) == 1]
+        if len(choice) > 1 and wholes:  # see SPLIT_MARGIN_ACCURACY
+            whole = max(wholes, key=value)
+            if value(choice)[0] - value(whole)[0] <= SPLIT_MARGIN_ACCURACY:
+                choice = whole
         # The same plan on other pools (each part's requests, method and B alike) that is
         # predicted quicker wins unless it is more than STEADY_SWITCH_ACCURACY less accurate:
         # differences that small come from the pools' speed spreads, while the quicker pool has
@@ -514,7 +535,13 @@ class Planner:
         # Ranked on accuracy alone, in run z1 one branch on the plain pool (0.354 expected)
         # beat one on the speculating pool (0.348) for 350 requests in a row at 2 s and scored
         # 148 against 161 for that fixed row on the same problems; at 1 s the stream moved
-        # between the two and got 139 requests turned away, the spec row 17.
+        # between the two and got 139 requests turned away, the spec row 17. "Quicker" is the
+        # profile's (``_profiled_load``), not the live speed factors': those swing between
+        # rows (in run z6 spec's factor at 33 to 64 sequences read 1.35, 0.83 and 1.00 after
+        # the 4 s auto rows), and the ties they decided sent the whole stream to the plain pool
+        # there (seven or eight branches for 426, 375 and 230 of 500 problems), which the
+        # profile and every fixed row of runs z5 and z6 measured slower: it cut 29, 34 and 12
+        # answers where the fixed (8, 4) row cut 1, 0 and 3 on the same problems.
         shape = sorted(p[1:] for p in choice)
         best_value = value(choice)
         alike = [s for s in states if sorted(p[1:] for p in s) == shape
@@ -646,6 +673,15 @@ class Planner:
                     seconds_per_token=now.seconds_per_token,
                     deadline_tokens=deadline_tokens if math.isfinite(deadline_tokens) else None,
                     harm_to_inflight=harm, expected_cut=expected_cut)
+
+    @staticmethod
+    def _profiled_load(load: PoolLoad) -> PoolLoad:
+        """``load`` as the profile alone predicts it: without the live speed factors, the
+        latency correction and the learned serving overhead (the compute-group slowdown, the
+        spread and the load itself stay). What ties between pools are broken on: both pools
+        measured alike, in one sitting, where the live parts move with every row."""
+        return replace(load, speed_factors={}, band_seconds_per_token={}, latency_correction=1.0,
+                       branch_overhead_s=0.0)
 
     @staticmethod
     def _admission_load(load: PoolLoad) -> PoolLoad:
