@@ -332,6 +332,17 @@ class RouterConfig(_Strict):
                                "group priced as busy beside each other): the state of highest "
                                "mean expected accuracy wins, and each request joins the part "
                                "furthest below its share. With one pool, steady_state.")
+    auto_pools: Literal["profile", "live"] = Field(
+        "profile", description="With auto_ranking \"steady_split\": what the pools the stream runs on "
+                               "(and how many of its requests each takes) are chosen on. "
+                               "\"profile\": the profile alone (tts-ray profile measured every pool "
+                               "in one sitting), with the configured compute_group_slowdown and "
+                               "none of what the keeper learns live; each part's B is then chosen "
+                               "on the live speeds. \"live\": every choice on the live speeds, "
+                               "overheads, spreads and slowdowns, which each pool learns only from "
+                               "what it ran lately, so two pools' readings come from different "
+                               "moments (on the CPU testbed they swung the stream between pools "
+                               "from row to row, docs/architecture.md, change 15).")
     auto_load: Literal["arriving", "symmetric"] = Field(
         "arriving", description="(Experimental; \"symmetric\" is not the default: on the CPU testbed it "
                                 "brought auto closer to the best fixed plan at 1 s but far from it "

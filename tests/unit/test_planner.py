@@ -770,6 +770,31 @@ def test_a_split_stream_breaks_ties_between_pools_on_the_profile_not_the_live_sp
             assert (plan.pool, plan.stream_split) == ("spec", {"spec": 8})
 
 
+def test_a_split_stream_chooses_its_pools_on_the_profile_and_each_parts_branches_live():
+    from dataclasses import replace
+
+    planner, loads = setup(SPEC_PAYS_SMALL)
+    shared = {"recent_requests": 8.0, "compute_group": "node", "group_slowdown": 1.0}
+    profiled = {name: replace(load, **shared) for name, load in loads.items()}
+    # Live factors read both pools twice as fast as the profile: the same on both, so the live
+    # speeds favour the pool whose profile is slower (plain) the more.
+    live = {name: replace(load, speed_factors={b: 0.5 for b in range(8)}) for name, load in profiled.items()}
+
+    def plan(budget_s, pools, on_profile):
+        chosen = Planner(planner.latency, split_stream=True, pools_on_profile=on_profile).plan(
+            request(budget_s, method="majority"), pools)
+        return chosen.pool, chosen.num_branches, chosen.stream_split
+
+    # At 1 s the live ranking runs three branches on plain. The profile's puts the stream on
+    # spec (one branch there by the profile alone), and the live speeds give spec's part two.
+    assert plan(1.0, live, on_profile=False) == ("plain", 3, {"plain": 8})
+    assert plan(1.0, profiled, on_profile=True) == ("spec", 1, {"spec": 8})
+    assert plan(1.0, live, on_profile=True) == ("spec", 2, {"spec": 8})
+    # At 1.5 s both choose plain, with the live speeds' five branches (the profile's: two).
+    assert plan(1.5, profiled, on_profile=True) == ("plain", 2, {"plain": 8})
+    assert plan(1.5, live, on_profile=True) == ("plain", 5, {"plain": 8})
+
+
 def test_a_split_stream_holds_its_state_against_small_swings():
     from dataclasses import replace
 

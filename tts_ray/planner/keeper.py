@@ -156,7 +156,8 @@ class BudgetKeeper:
                                rank_by_accuracy=config.router.auto_ranking == "expected_accuracy",
                                symmetric_load=config.router.auto_load == "symmetric",
                                steady_state=config.router.auto_ranking == "steady_state",
-                               split_stream=config.router.auto_ranking == "steady_split")
+                               split_stream=config.router.auto_ranking == "steady_split",
+                               pools_on_profile=config.router.auto_pools == "profile")
         self.loads: dict[str, PoolLoad] = {}
         for pool in config.generators:
             replicas = pool.autoscaling.min_replicas if pool.autoscaling else pool.num_replicas
@@ -164,7 +165,8 @@ class BudgetKeeper:
                 model_id=pool.model_id,
                 num_speculative_tokens=pool.speculative.num_speculative_tokens if pool.speculative else 0,
                 replicas=max(1, replicas), slots_per_replica=pool.max_ongoing_requests,
-                compute_group=pool.compute_group, group_slowdown=pool.compute_group_slowdown)
+                compute_group=pool.compute_group, group_slowdown=pool.compute_group_slowdown,
+                configured_group_slowdown=pool.compute_group_slowdown)
         if config.router.speed_carry == "excess" and self.latency is not None:
             for name, load in self.loads.items():
                 if self.latency.knows(name):

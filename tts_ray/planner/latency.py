@@ -37,6 +37,9 @@ class PoolLoad:
     compute_group: str | None = None  # pools of one group share a device (config.compute_group)
     co_busy: int = 0  # other pools of the group with branches in flight (set by the keeper)
     group_slowdown: float = 1.0  # what each busy co-group pool adds (config.compute_group_slowdown)
+    # the configured compute_group_slowdown, kept while group_slowdown follows the learned one
+    # (None: group_slowdown is the configured one)
+    configured_group_slowdown: float | None = None
     # median actual / predicted work of the pool's recent requests (set by the keeper): what the
     # speed factors, learned branch by branch, still leave wrong about whole requests
     latency_correction: float = 1.0

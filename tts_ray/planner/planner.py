@@ -179,15 +179,19 @@ class Planner:
 
     def __init__(self, latency: LatencyModel | None, weigh_inflight: bool = False,
                  admit_auto_if_fits: bool = False, rank_by_accuracy: bool = False,
-                 symmetric_load: bool = False, steady_state: bool = False, split_stream: bool = False) -> None:
+                 symmetric_load: bool = False, steady_state: bool = False, split_stream: bool = False,
+                 pools_on_profile: bool = False) -> None:
         self.latency, self.weigh_inflight = latency, weigh_inflight
         self.admit_auto_if_fits, self.rank_by_accuracy = admit_auto_if_fits, rank_by_accuracy
         self.symmetric_load = symmetric_load
         self.steady_state, self.split_stream = steady_state or split_stream, split_stream
+        self.pools_on_profile = pools_on_profile
         # steady state: the plan last chosen per kind of request (see _plan_steady), and with
         # split_stream the split last chosen (see _plan_split)
         self._steady_held: dict[tuple, tuple[str, str, int]] = {}
         self._split_held: dict[tuple, tuple[tuple[str, int, str, int], ...]] = {}
+        # with pools_on_profile, each part's (method, B) last chosen on the live speeds
+        self._split_live_held: dict[tuple, dict[str, tuple[str, int]]] = {}
 
     def _accuracy(self, model_id: str, method: str, branches: int, tokens: float, max_tokens: int) -> float | None:
         """Calibrated accuracy of ``method`` at ``branches`` when the deadline leaves each branch
@@ -448,7 +452,9 @@ class Planner:
         (method, B) among those whose typical branch finishes at its part's load. The state of
         highest mean expected accuracy as the deadline leaves it wins, the quicker as the
         profile predicts it (``_profiled_load``) on a tie, a split only where it beats the
-        best whole stream by more than ``SPLIT_MARGIN_ACCURACY``; the last state for the same kind of request is held, on the same pools, unless another
+        best whole stream by more than ``SPLIT_MARGIN_ACCURACY``. With ``pools_on_profile`` the
+        states are priced on the profile alone (``_profiled_load``) and each part of the one
+        chosen then takes its own (method, B) on the live speeds (``_live_parts``). The last state for the same kind of request is held, on the same pools, unless another
         is expected to be more accurate by more than ``STEADY_SWITCH_ACCURACY``. This request
         runs the part whose pool has the fewest requests in flight below its share of the
         stream (among the parts whose pool admits it). With no state whose every part's
@@ -465,20 +471,24 @@ class Planner:
                 part's draft length.
         """
         stream = self._steady_stream(next(iter(profiled.values())))
-        tables: dict[tuple[str, int, int], dict[tuple[str, int], tuple]] = {}
+        # the loads the state (which pools, how many requests each) is chosen on; with
+        # pools_on_profile, the profile's, and each part's B is chosen afresh on the live ones
+        chooser = {n: self._profiled_load(p) for n, p in profiled.items()} if self.pools_on_profile else profiled
+        tables: dict[tuple[str, int, int, bool], dict[tuple[str, int], tuple]] = {}
 
-        def table(name: str, requests: int, co_busy: int) -> dict[tuple[str, int], tuple]:
-            if (name, requests, co_busy) not in tables:
-                tables[name, requests, co_busy] = self._steady_candidates(request, name, profiled[name],
-                                                                          requests, co_busy)
-            return tables[name, requests, co_busy]
+        def table(name: str, requests: int, co_busy: int, live: bool = False) -> dict[tuple[str, int], tuple]:
+            live = live or chooser is profiled
+            if (name, requests, co_busy, live) not in tables:
+                tables[name, requests, co_busy, live] = self._steady_candidates(
+                    request, name, (profiled if live else chooser)[name], requests, co_busy)
+            return tables[name, requests, co_busy, live]
 
         def shared(a: str, b: str) -> int:
             group = profiled[a].compute_group
             return int(group is not None and group == profiled[b].compute_group)
 
-        def best_part(name: str, requests: int, co_busy: int) -> tuple[str, int] | None:
-            ranked = table(name, requests, co_busy)
+        def best_part(name: str, requests: int, co_busy: int, live: bool = False) -> tuple[str, int] | None:
+            ranked = table(name, requests, co_busy, live)
             choice = max(ranked, key=lambda c: ranked[c][0])
             return choice if ranked[choice][0][0] else None
 
@@ -560,6 +570,9 @@ class Planner:
             self._split_held.clear()
         self._split_held[kind] = choice
         co = shared(choice[0][0], choice[1][0]) if len(choice) > 1 else 0
+        if self.pools_on_profile:
+            choice = self._live_parts(kind, choice, co, lambda *a: table(*a, live=True),
+                                      lambda *a: best_part(*a, live=True))
         # This request joins the part furthest below its share of the stream now, or, where
         # one branch would miss the budget on that part's pool, the next part whose pool
         # admits it: turned away by the slower part's test alone (run y1 at 1 s, 89 of 500
@@ -574,12 +587,33 @@ class Planner:
             if single_s <= request.budget_s or i == len(parts) - 1:
                 break
         self._check_one_branch(request, single_s)
-        _, prediction, accuracy, share = table(name, requests, co)[method, branches]
+        _, prediction, accuracy, share = table(name, requests, co, live=True)[method, branches]
         plan = self._make_plan(request, load, name, method, branches, prediction, accuracy, True, share,
                                sum(len(t) for t in tables.values()),
                                expected_cut=prediction.needed_s > request.budget_s)
         plan.stream_split = {p[0]: p[1] for p in choice}
         return plan
+
+    def _live_parts(self, kind: tuple, state: tuple[tuple[str, int, str, int], ...], co_busy: int,
+                    live_table, live_best) -> tuple[tuple[str, int, str, int], ...]:
+        """``state`` (chosen on the profile) with each part's (method, B) chosen on the live
+        speeds (``live_best``; the profile's where no typical branch finishes live), the last
+        one chosen for the same kind of request and pool held unless another is expected to be
+        more accurate by more than ``STEADY_SWITCH_ACCURACY`` (as ``_plan_steady`` holds B)."""
+        held = self._split_live_held.get(kind, {})
+        parts = []
+        for name, requests, method, branches in state:
+            part = live_best(name, requests, co_busy) or (method, branches)
+            ranked = live_table(name, requests, co_busy)
+            kept = held.get(name)
+            if kept is not None and kept != part and kept in ranked and ranked[kept][0][0] and \
+                    ranked[part][2] - ranked[kept][2] <= STEADY_SWITCH_ACCURACY:
+                part = kept
+            parts.append((name, requests, *part))
+        if len(self._split_live_held) >= STEADY_KINDS_KEPT and kind not in self._split_live_held:
+            self._split_live_held.clear()
+        self._split_live_held[kind] = {p[0]: (p[2], p[3]) for p in parts}
+        return tuple(parts)
 
     @staticmethod
     def _kind(request: PlanRequest) -> tuple:
@@ -677,11 +711,13 @@ class Planner:
     @staticmethod
     def _profiled_load(load: PoolLoad) -> PoolLoad:
         """``load`` as the profile alone predicts it: without the live speed factors, the
-        latency correction and the learned serving overhead (the compute-group slowdown, the
-        spread and the load itself stay). What ties between pools are broken on: both pools
-        measured alike, in one sitting, where the live parts move with every row."""
+        latency correction, the learned serving overhead and speed spread, with the configured
+        compute-group slowdown (the load itself stays). What ties between pools are broken on,
+        and with ``pools_on_profile`` what the pools are chosen on: both pools measured alike,
+        in one sitting, where each pool learns the live parts from what it ran lately."""
+        slowdown = load.group_slowdown if load.configured_group_slowdown is None else load.configured_group_slowdown
         return replace(load, speed_factors={}, band_seconds_per_token={}, latency_correction=1.0,
-                       branch_overhead_s=0.0)
+                       branch_overhead_s=0.0, speed_spread=(1.0,), group_slowdown=slowdown)
 
     @staticmethod
     def _admission_load(load: PoolLoad) -> PoolLoad:
