@@ -454,8 +454,9 @@ class Planner:
         profile predicts it (``_profiled_load``) on a tie, a split only where it beats the
         best whole stream by more than ``SPLIT_MARGIN_ACCURACY``. With ``pools_on_profile`` the
         states are priced on the profile alone (``_profiled_load``) and each part of the one
-        chosen then takes its own (method, B) on the live speeds (``_live_parts``). The last state for the same kind of request is held, on the same pools, unless another
-        is expected to be more accurate by more than ``STEADY_SWITCH_ACCURACY``. This request
+        chosen then takes its own (method, B) on the live speeds (``_live_parts``). The last
+        state for the same kind of request is held, on the same pools, unless another is
+        expected to be more accurate by more than ``STEADY_SWITCH_ACCURACY``. This request
         runs the part whose pool has the fewest requests in flight below its share of the
         stream (among the parts whose pool admits it). With no state whose every part's
         typical branch finishes, as ``_plan_steady``. Admission as there, on each part's pool:
@@ -471,26 +472,25 @@ class Planner:
                 part's draft length.
         """
         stream = self._steady_stream(next(iter(profiled.values())))
-        # the loads the state (which pools, how many requests each) is chosen on; with
-        # pools_on_profile, the profile's, and each part's B is chosen afresh on the live ones
-        chooser = {n: self._profiled_load(p) for n, p in profiled.items()} if self.pools_on_profile else profiled
+        # Candidates per (pool, requests, co_busy) on the live loads or on the profile's. The
+        # state (which pools, how many requests each) is chosen on the live ones, or with
+        # pools_on_profile on the profile's, each part's B then afresh on the live ones.
         tables: dict[tuple[str, int, int, bool], dict[tuple[str, int], tuple]] = {}
 
-        def table(name: str, requests: int, co_busy: int, live: bool = False) -> dict[tuple[str, int], tuple]:
-            live = live or chooser is profiled
+        def table(name: str, requests: int, co_busy: int,
+                  live: bool = not self.pools_on_profile) -> dict[tuple[str, int], tuple]:
             if (name, requests, co_busy, live) not in tables:
-                tables[name, requests, co_busy, live] = self._steady_candidates(
-                    request, name, (profiled if live else chooser)[name], requests, co_busy)
+                load = profiled[name] if live else self._profiled_load(profiled[name])
+                tables[name, requests, co_busy, live] = self._steady_candidates(request, name, load,
+                                                                                requests, co_busy)
             return tables[name, requests, co_busy, live]
 
         def shared(a: str, b: str) -> int:
             group = profiled[a].compute_group
             return int(group is not None and group == profiled[b].compute_group)
 
-        def best_part(name: str, requests: int, co_busy: int, live: bool = False) -> tuple[str, int] | None:
-            ranked = table(name, requests, co_busy, live)
-            choice = max(ranked, key=lambda c: ranked[c][0])
-            return choice if ranked[choice][0][0] else None
+        def best_part(name: str, requests: int, co_busy: int) -> tuple[str, int] | None:
+            return self._best_finishing(table(name, requests, co_busy))
 
         # A state: its parts ((pool, requests, method, B), ...), each part's co_busy implied
         states: list[tuple[tuple[str, int, str, int], ...]] = []
@@ -507,16 +507,6 @@ class Planner:
                     if part_a is not None and part_b is not None:
                         states.append(((a, n, *part_a), (b, stream - n, *part_b)))
 
-        profiled_s: dict[tuple[str, int, int, str, int], float] = {}
-
-        def profiled_time(name: str, requests: int, co_busy: int, method: str, branches: int) -> float:
-            key = (name, requests, co_busy, method, branches)
-            if key not in profiled_s:
-                steady = self._steady_load(self._profiled_load(profiled[name]), branches, requests, co_busy)
-                profiled_s[key] = self.latency.predict(name, steady, method, branches, request.max_tokens,
-                                                       window=request.early_stop_window).needed_s
-            return profiled_s[key]
-
         def value(state) -> tuple[float, float] | None:
             """(mean expected accuracy, minus the slowest part's time as the profile predicts
             it); None when a part's typical branch no longer finishes."""
@@ -527,7 +517,7 @@ class Planner:
                 if entry is None or not entry[0][0]:
                     return None
                 total += requests * entry[2]
-                slowest = max(slowest, profiled_time(name, requests, co, method, branches))
+                slowest = max(slowest, table(name, requests, co, live=False)[method, branches][1].needed_s)
             return round(total / stream, 4), -slowest
 
         if not states:
@@ -571,8 +561,7 @@ class Planner:
         self._split_held[kind] = choice
         co = shared(choice[0][0], choice[1][0]) if len(choice) > 1 else 0
         if self.pools_on_profile:
-            choice = self._live_parts(kind, choice, co, lambda *a: table(*a, live=True),
-                                      lambda *a: best_part(*a, live=True))
+            choice = self._live_parts(kind, choice, co, lambda *part: table(*part, live=True))
         # This request joins the part furthest below its share of the stream now, or, where
         # one branch would miss the budget on that part's pool, the next part whose pool
         # admits it: turned away by the slower part's test alone (run y1 at 1 s, 89 of 500
@@ -595,16 +584,17 @@ class Planner:
         return plan
 
     def _live_parts(self, kind: tuple, state: tuple[tuple[str, int, str, int], ...], co_busy: int,
-                    live_table, live_best) -> tuple[tuple[str, int, str, int], ...]:
+                    live_table) -> tuple[tuple[str, int, str, int], ...]:
         """``state`` (chosen on the profile) with each part's (method, B) chosen on the live
-        speeds (``live_best``; the profile's where no typical branch finishes live), the last
+        speeds (``live_table(pool, requests, co_busy)``: its candidates; the profile's (method,
+        B) where no typical branch finishes live), the last
         one chosen for the same kind of request and pool held unless another is expected to be
         more accurate by more than ``STEADY_SWITCH_ACCURACY`` (as ``_plan_steady`` holds B)."""
         held = self._split_live_held.get(kind, {})
         parts = []
         for name, requests, method, branches in state:
-            part = live_best(name, requests, co_busy) or (method, branches)
             ranked = live_table(name, requests, co_busy)
+            part = self._best_finishing(ranked) or (method, branches)
             kept = held.get(name)
             if kept is not None and kept != part and kept in ranked and ranked[kept][0][0] and \
                     ranked[part][2] - ranked[kept][2] <= STEADY_SWITCH_ACCURACY:
@@ -614,6 +604,13 @@ class Planner:
             self._split_live_held.clear()
         self._split_live_held[kind] = {p[0]: (p[2], p[3]) for p in parts}
         return tuple(parts)
+
+    @staticmethod
+    def _best_finishing(ranked: dict[tuple[str, int], tuple]) -> tuple[str, int] | None:
+        """The best (method, B) of ``_steady_candidates``' ``ranked``; None when its typical
+        branch does not finish (then none does: finishing ranks first)."""
+        choice = max(ranked, key=lambda c: ranked[c][0])
+        return choice if ranked[choice][0][0] else None
 
     @staticmethod
     def _kind(request: PlanRequest) -> tuple:
