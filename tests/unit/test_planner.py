@@ -590,6 +590,25 @@ def test_steady_state_plans_as_if_every_request_ran_the_plan():
         steady.plan(request(0.1, method="majority"), loads)
 
 
+def test_steady_state_shares_the_slots_among_the_stream_not_the_slots_free_now():
+    from dataclasses import replace
+
+    # Every branch up to 64 sequences decodes alike: more branches are always more accurate.
+    flat = [12] * 7
+    planner, loads = setup(flat)
+    steady = Planner(planner.latency, steady_state=True)
+    ask = request(60.0, method="majority")
+    # A stream of 8 (7 in flight beside this one): 64 slots // 8 = 8 branches each.
+    stream = {"recent_requests": 7.0, "cluster_active_requests": 7}
+    calm = {name: replace(load, **stream) for name, load in loads.items()}
+    assert steady.plan(ask, calm).num_branches == 8
+    # With 9 requests' branches booked (one answered, its release not yet come) the fair share
+    # of one more request is 64 // 9 = 7 branches; the steady state's stays 8.
+    booked = {name: replace(load, inflight_branches=64, active_requests=8, **stream) for name, load in loads.items()}
+    assert Planner._fair_share(booked["plain"]) == 7
+    assert Planner(planner.latency, steady_state=True).plan(ask, booked).num_branches == 8
+
+
 def test_steady_state_runs_plans_the_deadline_is_expected_to_cut():
     majority, latency = short_and_long_problems()
     loads = {"plain": PoolLoad("m", 0, replicas=1, slots_per_replica=64, recent_requests=3.0)}

@@ -730,6 +730,24 @@ def test_a_stream_that_starts_again_is_sized_at_its_recent_peak_not_at_its_first
     assert load.recent_requests == pytest.approx(keeper.recent_requests) and load.recent_requests < 5
 
 
+def test_requests_already_answered_do_not_count_in_flight_at_the_next_admission():
+    keeper = _keeper()
+    load = keeper.loads["a"]
+    for i in range(8):  # a stream of 8 clients
+        keeper.admit(f"s{i}", PlanRequest(budget_s=100, max_tokens=10, method="majority", branches=1))
+    # s0 is answered and its client asks again before s0's release reaches the keeper: the
+    # router names s0, so 7 are in flight beside the new request, not 8
+    keeper.admit("next", PlanRequest(budget_s=100, max_tokens=10, method="majority", branches=1),
+                 answered=["s0", "gone"])
+    assert (load.cluster_active_requests, load.recent_requests) == (7, 7)
+    assert load.active_requests == 9  # the ledger still books s0 until its release comes
+    keeper.release("s0")
+    assert load.active_requests == 8
+    # without the router's word the late release counts: the peak holds 8 for the window
+    keeper.admit("late", PlanRequest(budget_s=100, max_tokens=10, method="majority", branches=1))
+    assert (load.cluster_active_requests, load.recent_requests) == (8, 8)
+
+
 def test_the_keeper_learns_speed_from_branches_stopped_at_the_deadline_too():
     from tts_ray.methods.base import Branch
     from tts_ray.serve.budget import observations_of

@@ -624,8 +624,9 @@ class Planner:
         requests running it there (None: every request in flight lately, ``_steady_load``) while
         ``co_busy`` other pools of its compute group decode beside it: (method, B) -> (key,
         prediction, accuracy, fair share), key = (typical branch finishes, expected accuracy as
-        the deadline leaves it where it does, else 0, minus the predicted time)."""
-        share = self._fair_share(load)
+        the deadline leaves it where it does, else 0, minus the predicted time). B is at most
+        ``_steady_share``: the slots of the state the predictions price."""
+        share = self._steady_share(load)
         # Without the latency correction: it is learned from the requests that finish, which
         # under a budget that cuts plans are the short problems, so it reads low where these
         # plans run (0.5 to 0.6 on the CPU testbed while the per-branch speed factors, which
@@ -777,6 +778,18 @@ class Planner:
         if others == load.inflight_branches and load.co_busy == co_busy:
             return load
         return replace(load, inflight_branches=others, co_busy=co_busy)
+
+    @classmethod
+    def _steady_share(cls, load: PoolLoad) -> int:
+        """Branch slots each request of the steady stream may take: the pool's slots shared
+        equally among the requests of the stream (``_steady_stream``) and this one, the load
+        ``_steady_load`` prices for a whole stream; not the slots free now (``_fair_share``),
+        which hold the stream's own earlier plans and any request answered whose release has
+        not come. The part of a split stream gets no more: the slots its pool has beyond that
+        are priced on how two busy pools of one device slow each other, the figure priced
+        least well (the configured 0.3; learned 0.75 to 1.5 under the benchmark's load)."""
+        slots = load.slots_per_replica * load.replicas
+        return max(1, slots // (cls._steady_stream(load) + 1))
 
     @staticmethod
     def _fair_share(load: PoolLoad) -> int:

@@ -36,12 +36,15 @@ class BudgetServer:
         if any(pool.autoscaling for pool in self.config.generators):
             self._refresher = asyncio.get_event_loop().create_task(self._refresh_replicas())
 
-    async def admit(self, request_id: str, request: dict[str, Any]) -> dict[str, Any]:
-        """Plan and reserve. Returns ``{"plan": {...}}``, ``{"infeasible": {"message",
-        "retry_after_s", "predicted_s"}}`` or ``{"error": message}`` (no pool for the model);
-        plain dicts, so nothing depends on exceptions crossing Ray."""
+    async def admit(self, request_id: str, request: dict[str, Any],
+                    answered: list[str] | None = None) -> dict[str, Any]:
+        """Plan and reserve. ``answered``: the calling router's requests already answered whose
+        release may not have arrived (see ``BudgetKeeper.admit``). Returns ``{"plan": {...}}``,
+        ``{"infeasible": {"message", "retry_after_s", "predicted_s"}}`` or ``{"error":
+        message}`` (no pool for the model); plain dicts, so nothing depends on exceptions
+        crossing Ray."""
         try:
-            return {"plan": self.keeper.admit(request_id, PlanRequest(**request)).as_dict()}
+            return {"plan": self.keeper.admit(request_id, PlanRequest(**request), answered or ()).as_dict()}
         except Infeasible as exc:
             return {"infeasible": {"message": str(exc), "retry_after_s": exc.retry_after_s,
                                    "predicted_s": exc.predicted_s}}

@@ -153,6 +153,9 @@ class Router:
         # chunked prefill off only.
         self.seeds_supported = {pool.name: pool.supports_request_seeds for pool in self.config.generators}
         self._background: set[asyncio.Task] = set()
+        # Requests answered whose release the keeper may not have had yet (it is sent in the
+        # background): each admission names them, so the keeper does not count them in flight.
+        self._answered: set[str] = set()
         router = self.config.router
         # Read by GuardMiddleware on every request (keys from the env var and/or key file).
         self.guard = Guard(APIKeys(router.api_keys_env,
@@ -256,7 +259,7 @@ class Router:
             raise
 
     async def _send_admit(self, request_id: str, plan_request: dict[str, Any]) -> dict[str, Any]:
-        return await self.budget.admit.remote(request_id, plan_request)
+        return await self.budget.admit.remote(request_id, plan_request, sorted(self._answered))
 
     def _spawn(self, coroutine) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -275,12 +278,16 @@ class Router:
         stopped = ctx is not None and ctx.deadline_s is not None and bool(ctx.stats.stopped or ctx.stats.cancelled)
         if stopped:
             needed_margin_s = time.time() - (ctx.deadline_s - ctx.merge_margin_s)
+        self._answered.add(request_id)
         self._spawn(self._send_release(request_id, observations, plan.get("predicted_s"), actual_s,
                                        needed_margin_s, stopped or timed_out))
 
     async def _send_release(self, request_id, observations, predicted_s, actual_s,
                             needed_margin_s=None, cut=False) -> None:
-        await self.budget.release.remote(request_id, observations, predicted_s, actual_s, needed_margin_s, cut)
+        try:
+            await self.budget.release.remote(request_id, observations, predicted_s, actual_s, needed_margin_s, cut)
+        finally:
+            self._answered.discard(request_id)
 
     async def _parse(self, request: Request, model):
         router = self.config.router
