@@ -814,27 +814,30 @@ def test_a_split_stream_chooses_its_pools_on_the_profile_and_each_parts_branches
     assert plan(1.5, live, on_profile=True) == ("plain", 5, {"plain": 8})
 
 
-def test_a_split_streams_live_branches_are_held_against_small_swings():
+def test_a_split_streams_parts_keep_the_profiles_branches_unless_the_live_speeds_say_otherwise():
     from dataclasses import replace
 
-    planner, loads = setup(SPEC_PAYS_SMALL)
-    shared = {"recent_requests": 8.0, "compute_group": "node", "group_slowdown": 1.0}
+    # each branch past two adds one point of expected accuracy
+    votes = {"majority": [0.4, 0.5] + [0.5 + 0.01 * b for b in range(1, 31)], "single": [0.4]}
+    planner, loads = setup(SPEC_NEVER_PAYS, accuracy=votes)
+    shared = {"recent_requests": 7.0, "compute_group": "node", "group_slowdown": 1.0}
 
     def live(factor):
         return {name: replace(load, speed_factors={b: factor for b in range(8)}, **shared)
                 for name, load in loads.items()}
 
-    def fresh():
-        return Planner(planner.latency, split_stream=True, pools_on_profile=True)
-
-    ask = request(1.5, method="majority")
-    held = fresh()
-    assert (held.plan(ask, live(0.4)).pool, held.plan(ask, live(0.4)).num_branches) == ("plain", 6)
-    # 12% faster: planned afresh, seven branches (1.8 points more accurate); held, six
-    assert fresh().plan(ask, live(0.35)).num_branches == 7
-    assert held.plan(ask, live(0.35)).num_branches == 6
-    # slower, so that six no longer finish: the held B gives way
-    assert held.plan(ask, live(0.5)).num_branches == 5
+    split = Planner(planner.latency, split_stream=True, pools_on_profile=True)
+    ask = request(3.0, method="majority")
+    # live as profiled: the profile's five branches a request on the plain pool
+    assert (split.plan(ask, live(1.0)).pool, split.plan(ask, live(1.0)).num_branches) == ("plain", 5)
+    # 10% faster: six would finish too, one point more accurate; the profile's five stay
+    assert split.plan(ask, live(0.9)).num_branches == 5
+    # 30% faster: eight finish, three points more accurate
+    assert split.plan(ask, live(0.7)).num_branches == 8
+    # 20% slower: five no longer finish, four do
+    assert split.plan(ask, live(1.2)).num_branches == 4
+    # as profiled again: back to five at once (held, four would stay, one point behind)
+    assert split.plan(ask, live(1.0)).num_branches == 5
 
 
 def test_a_split_stream_holds_its_state_against_small_swings():
