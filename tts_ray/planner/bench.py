@@ -89,6 +89,9 @@ def _run(problems: Sequence[Problem], url: str, concurrency: int, label: str,
         "plan_per_problem": [f"{r.plan['pool']}:{r.plan['num_branches']}" if r.status == 200 and r.plan else None
                              for r in results],
         "cut_per_problem": [int(r.status == 200 and r.finish_reason == "deadline") for r in results],
+        # the branches the planner let each auto plan take (its fair share): what bounded B
+        "fair_share_per_problem": [r.plan.get("fair_share") if r.status == 200 and r.plan else None
+                                   for r in results],
         "predicted_s_per_problem": [round(r.plan["predicted_s"], 4) if r.status == 200 and r.plan
                                     and r.plan.get("predicted_s") else None for r in results],
         # the planner's expected accuracy of each plan (auto rows), against what came of it:
