@@ -278,9 +278,8 @@ class BudgetKeeper:
         # Fair shares look at the requests in flight lately, not only now: in a burst the
         # first request must not take every slot from the ones right behind it.
         # Without the requests already answered: a router sends each release in the background,
-        # so the same client's next admission can come first, and the peak held the one extra
-        # for RECENT_PEAK_WINDOW_S (run z8 at 4 s, second repeat: 8 in flight beside a request
-        # of 8 clients, so fair shares of 64 // 9 = 7 branches for 465 of 500 problems).
+        # so the same client's next admission can come first, and the peak would hold the one
+        # extra for RECENT_PEAK_WINDOW_S (a stream of 8 clients read as 9).
         active = sum(load.active_requests for load in self.loads.values()) - \
             sum(1 for answered_id in set(answered) if answered_id in self.admitted)
         self.recent_requests += RECENT_REQUESTS_ALPHA * (active - self.recent_requests)

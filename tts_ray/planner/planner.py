@@ -453,9 +453,9 @@ class Planner:
         best whole stream by more than ``SPLIT_MARGIN_ACCURACY``. With ``pools_on_profile`` the
         states are priced on the profile alone (``_profiled_load``) and each part of the one
         chosen then keeps the profile's (method, B) unless the live speeds say otherwise
-        (``_live_parts``). The last
-        state for the same kind of request is held, on the same pools, unless another is
-        expected to be more accurate by more than ``STEADY_SWITCH_ACCURACY``. This request
+        (``_live_parts``). The last state for the same kind of request is held, on the same
+        pools, unless another is expected to be more accurate by more than
+        ``STEADY_SWITCH_ACCURACY``. This request
         runs the part whose pool has the fewest requests in flight below its share of the
         stream (among the parts whose pool admits it). With no state whose every part's
         typical branch finishes, as ``_plan_steady``. Admission as there, on each part's pool:
@@ -473,7 +473,8 @@ class Planner:
         stream = self._steady_stream(next(iter(profiled.values())))
         # Candidates per (pool, requests, co_busy) on the live loads or on the profile's. The
         # state (which pools, how many requests each) is chosen on the live ones, or with
-        # pools_on_profile on the profile's, each part's B then afresh on the live ones.
+        # pools_on_profile on the profile's, each part's (method, B) then checked on the live
+        # ones (_live_parts).
         tables: dict[tuple[str, int, int, bool], dict[tuple[str, int], tuple]] = {}
 
         def table(name: str, requests: int, co_busy: int,
@@ -591,7 +592,7 @@ class Planner:
         that best (the profile's where none finishes live). Anchored on the profile, not on the
         last choice: held against swings under 2 points, a B that a passing slowdown pushed down
         stayed down when the plan above it read better by less than that (run z9 at 4 s, first
-        repeat: 8 branches, then 6 for seven requests at the row's start, then 7 for 470 of 500
+        repeat: 8 branches, then 6 for seven requests at the row's start, then 7 for 469 of 500
         problems, 8 reading 1.6 to 1.9 points better; 319 right against 328 for the fixed 8)."""
         parts = []
         for name, requests, method, branches in state:
@@ -786,7 +787,7 @@ class Planner:
         which hold the stream's own earlier plans and any request answered whose release has
         not come. The part of a split stream gets no more: the slots its pool has beyond that
         are priced on how two busy pools of one device slow each other, the figure priced
-        least well (the configured 0.3; learned 0.75 to 1.5 under the benchmark's load)."""
+        least well (learned 0.75 to 2.0 under the benchmark's load)."""
         slots = load.slots_per_replica * load.replicas
         return max(1, slots // (cls._steady_stream(load) + 1))
 
